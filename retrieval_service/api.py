@@ -1,0 +1,148 @@
+"""The REST API: /health, /v1/identify, /v1/artworks/{id}[/image], /metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import make_asgi_app
+
+from whatart.retrieval_service import metrics
+from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.identifier import Identifier
+from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "5"
+
+
+def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> FastAPI:
+    """The app for an already verified gallery and model (see `server.prepare`)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # gRPC aio channels belong to the event loop that creates them: make it here.
+        encoder = TritonEncoder(settings.triton_url, served.identity.name, settings.triton_timeout_s)
+        app.state.identifier = Identifier(gallery, encoder, served, settings.max_image_pixels)
+        metrics.GALLERY_ARTWORKS.set(len(gallery))
+        try:
+            yield
+        finally:
+            await encoder.close()
+
+    app = FastAPI(title="whatart", version="0.1.0", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.middleware("http")
+    async def request_id_and_limits(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+            response = _error(413, f"the upload is {int(length):,} bytes; the limit is {settings.max_upload_bytes:,}")
+        else:
+            response = await call_next(request)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    @app.exception_handler(ImageError)
+    async def image_error(request: Request, error: ImageError) -> JSONResponse:
+        return _error(400, str(error))
+
+    @app.exception_handler(EncoderUnavailable)
+    async def encoder_unavailable(request: Request, error: EncoderUnavailable) -> JSONResponse:
+        log.warning("[%s] encoder unavailable: %s", request.state.request_id, error)
+        return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        identifier: Identifier = request.app.state.identifier
+        triton_ready = await identifier.encoder.is_ready()
+        body = {
+            "status": "ok" if triton_ready else "unavailable",
+            "triton": "ready" if triton_ready else f"not ready at {settings.triton_url}",
+            "model": served.identity.name,
+            "artworks": len(gallery),
+        }
+        return JSONResponse(body, status_code=200 if triton_ready else 503)
+
+    @app.post("/v1/identify")
+    async def identify(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF, TIFF or BMP")] = None,
+        k_form: Annotated[str | None, Form(alias="k")] = None,
+        k_query: Annotated[str | None, Query(alias="k")] = None,
+    ) -> JSONResponse:
+        identifier: Identifier = request.app.state.identifier
+        k = _parse_k(k_form if k_form is not None else k_query, settings)
+        if image is None:
+            raise HTTPException(400, "send the image as the multipart form field 'image'")
+        data = await image.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
+        metrics.IN_FLIGHT.inc()
+        try:
+            result = await identifier.identify(data, k)
+        except ImageError:
+            metrics.IDENTIFY_REQUESTS.labels("bad_image").inc()
+            raise
+        except EncoderUnavailable:
+            metrics.IDENTIFY_REQUESTS.labels("unavailable").inc()
+            raise
+        finally:
+            metrics.IN_FLIGHT.dec()
+        metrics.IDENTIFY_REQUESTS.labels("ok").inc()
+        for stage, ms in result.timings_ms.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1e3)
+        top = result.matches[0] if result.matches else {}
+        log.info(
+            "[%s] identify k=%d top=%s score=%.3f %s total=%.1fms",
+            request.state.request_id, k, top.get("id"), top.get("score", 0.0),
+            " ".join(f"{s}={ms:.1f}ms" for s, ms in result.timings_ms.items()), result.took_ms,
+        )
+        return JSONResponse(result.to_json())
+
+    @app.get("/v1/artworks/{artwork_id}")
+    async def artwork(artwork_id: str) -> JSONResponse:
+        found = gallery.metadata.by_id(artwork_id)
+        if found is None:
+            raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
+        return JSONResponse(found.public())
+
+    @app.get("/v1/artworks/{artwork_id}/image")
+    async def artwork_image(artwork_id: str) -> FileResponse:
+        found = gallery.metadata.by_id(artwork_id)
+        if found is None:
+            raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
+        # Only paths recorded at ingest are served: a request cannot name a file.
+        path = Path(found.image_path)
+        if not path.is_file():
+            raise HTTPException(404, f"the image of {artwork_id!r} is no longer at its ingest location")
+        return FileResponse(path)
+
+    return app
+
+
+def _parse_k(raw: str | None, settings: Settings) -> int:
+    if raw is None or raw == "":
+        return settings.default_k
+    try:
+        k = int(raw)
+    except ValueError:
+        raise HTTPException(422, f"k must be an integer between 1 and {settings.max_k}, got {raw!r}") from None
+    if not 1 <= k <= settings.max_k:
+        raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
+    return k
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)

@@ -1,0 +1,83 @@
+"""Every tunable of whatart in one place.
+
+Defaults suit one machine; each field can be overridden by an environment variable named
+``WHATART_<FIELD>`` (e.g. ``WHATART_PORT=9090``) and, where the CLI offers one, by a flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from whatart.retrieval_service.errors import WhatartError
+
+ENV_PREFIX = "WHATART_"
+
+
+class SettingsError(WhatartError, ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Retrieval service (REST)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    index_dir: Path = Path(".whatart/index")
+    default_k: int = 5
+    max_k: int = 100
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    # Triton
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = 30.0
+    triton_wait_s: float = 120.0
+    model_repository: Path = Path("model_repository")
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    # Ingestion: images per Triton request and requests in flight (dynamic batching fills
+    # server-side batches from many small concurrent requests).
+    ingest_batch_size: int = 4
+    ingest_concurrency: int = 8
+    # Clients
+    server_url: str = "http://127.0.0.1:8080"
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 7860
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``WHATART_*`` variables, each validated."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            if name in environ:
+                values[field.name] = _parse(name, environ[name], field.type)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        positive = ["port", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
+                    "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ui_port"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.default_k > self.max_k:
+            raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
+        return self
+
+    def override(self, **changes: object) -> Settings:
+        """A copy with the CLI flags that were given (None means 'not given')."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **given).validated()
+
+
+def _parse(name: str, raw: str, type_name: object) -> object:
+    kind = {"int": int, "float": float, "Path": Path, "str": str}[str(type_name)]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None

