@@ -1,0 +1,68 @@
+"""Shared test utilities: ports, subprocesses, and the distorted copies users would send."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+WHATART = str(Path(sys.executable).with_name("whatart"))
+"""The installed console script, so tests exercise the real entry point."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([WHATART, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def json_lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def wait_for_http(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def distorted_copy(path: Path, rng: np.random.Generator, rotation_sd: float = 5.0, blur_sd: float = 1.0,
+                   quality: int = 85) -> bytes:
+    """A photo-like copy of a gallery image: rotated theta ~ N(0, rotation_sd) degrees (black
+    fill, no expansion), Gaussian blur sigma ~ |N(0, blur_sd)| px, re-encoded as JPEG."""
+    image = Image.open(path).convert("RGB")
+    image = image.rotate(float(rng.normal(0, rotation_sd)), resample=Image.Resampling.BILINEAR, expand=False)
+    image = image.filter(ImageFilter.GaussianBlur(abs(float(rng.normal(0, blur_sd)))))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()

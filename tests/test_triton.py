@@ -1,0 +1,75 @@
+"""A real tritonserver (the nvidia-pytriton binary) serving the exported encoder."""
+
+from __future__ import annotations
+
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.conftest import TritonEndpoints
+from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
+from whatart.retrieval_service.triton_server import TritonConfig, TritonError, TritonProcess
+
+MODEL = "efficientnet-lite0"
+
+
+def test_triton_is_ready_over_http_grpc_and_metrics(triton: TritonEndpoints) -> None:
+    with urllib.request.urlopen(f"{triton.http_url}/v2/health/ready") as response:
+        assert response.status == 200
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    assert client.is_server_ready() and client.is_model_ready(MODEL)
+    with urllib.request.urlopen(triton.metrics_url) as response:
+        assert b"nv_inference_request_success" in response.read()
+
+
+def test_served_model_carries_the_whatart_identity(triton: TritonEndpoints) -> None:
+    config = grpcclient.InferenceServerClient(triton.grpc_url).get_model_config(MODEL, as_json=True)["config"]
+    identity = ModelIdentity.from_parameters({k: v["string_value"] for k, v in config["parameters"].items()})
+    assert identity.name == MODEL and identity.dim == 1280
+
+
+def _model_stats(client: grpcclient.InferenceServerClient) -> tuple[int, int]:
+    stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_dynamic_batching_groups_concurrent_requests(triton: TritonEndpoints) -> None:
+    requests = 48
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inferences_before, executions_before = _model_stats(client)
+
+    def one(_: int) -> np.ndarray:
+        # one client per thread: concurrent requests on independent channels
+        infer_input = grpcclient.InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
+        infer_input.set_data_from_numpy(pixels)
+        return grpcclient.InferenceServerClient(triton.grpc_url).infer(MODEL, [infer_input]).as_numpy(OUTPUT_NAME)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outputs = list(pool.map(one, range(requests)))
+    assert all(o.shape == (1, 1280) for o in outputs)
+    np.testing.assert_allclose(outputs[0], outputs[-1], atol=1e-5)
+    inferences, executions = _model_stats(client)
+    inferences, executions = inferences - inferences_before, executions - executions_before
+    assert inferences == requests
+    assert executions < inferences / 2, f"{inferences} inferences in {executions} executions: no batching"
+
+
+def test_a_missing_model_repository_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TritonError, match="does not exist: run `whatart export` first"):
+        TritonProcess(TritonConfig(tmp_path / "absent", work_dir=tmp_path)).start()
+
+
+def test_a_model_that_cannot_load_is_named_in_the_error(tmp_path: Path) -> None:
+    broken = tmp_path / "repo" / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 1\n')
+    from tests.helpers import free_port
+
+    config = TritonConfig(tmp_path / "repo", free_port(), free_port(), free_port(), work_dir=tmp_path / "work")
+    with pytest.raises(TritonError, match="failed to load 'broken'"):
+        TritonProcess(config, log_path=tmp_path / "triton.log").start(timeout_s=60)
