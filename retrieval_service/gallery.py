@@ -76,7 +76,8 @@ def publish(index_dir: Path, identity: ModelIdentity, artworks: list[Artwork], v
         raise ValueError(f"vectors of shape {vectors.shape} do not match the model's dimension {identity.dim}")
     versions = index_dir / "versions"
     versions.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}"
+    now_ns = time.time_ns()  # names sort in publication order (pruning relies on it)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns / 1e9)) + f".{now_ns % 10**9:09d}"
     staging = versions / f".{stamp}.partial"
     staging.mkdir()
     vector_index.save_index(vector_index.build_index(vectors), staging / VECTORS)

@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both create or reuse .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.whatart-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install browser clean
+
+## install: .venv with the runtime, Triton (CPU build), export, UI and test extras
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,test]'
+	@touch $@
+
+## browser: Debian's Chromium, driven headless by the UI test (never `playwright install`)
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the UI test"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+## demo: export, Triton, Met demo gallery, REST on :8080, UI on :7860; Ctrl-C stops all
+demo: install
+	$(BIN)/whatart demo
+
+## test: the whole suite; starts its own Triton, services and browser
+test: install browser
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf .whatart model_repository/*/

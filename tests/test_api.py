@@ -1,0 +1,106 @@
+"""The REST contract of `whatart serve`, over real HTTP against a real Triton."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+HARVESTERS = "met-435809"
+
+
+@pytest.fixture(scope="module")
+def http(service_url: str) -> httpx.Client:
+    with httpx.Client(base_url=service_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def harvesters(met_images: list[Path]) -> bytes:
+    return next(p for p in met_images if p.stem == HARVESTERS.removeprefix("met-")).read_bytes()
+
+
+def test_health_reports_triton_and_the_gallery(http: httpx.Client) -> None:
+    response = http.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "triton": "ready", "model": "efficientnet-lite0", "artworks": 174}
+
+
+def test_identify_returns_ranked_matches_with_metadata(http: httpx.Client, harvesters: bytes) -> None:
+    response = http.post("/v1/identify", files={"image": ("h.jpg", harvesters, "image/jpeg")})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "efficientnet-lite0" and body["took_ms"] > 0
+    assert set(body["timings_ms"]) == {"decode", "triton", "search"}
+    matches = body["matches"]
+    assert len(matches) == 5  # default k
+    top = matches[0]
+    assert top["id"] == HARVESTERS and top["title"] == "The Harvesters" and top["artist"] == "Pieter Bruegel the Elder"
+    assert {"genre", "style", "date", "score", "image_url"} <= set(top)
+    assert "image_path" not in top, "server paths must not leak"
+    scores = [m["score"] for m in matches]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.99 > scores[1]
+
+
+@pytest.mark.parametrize("where", ["form", "query"])
+def test_k_is_honoured_as_form_field_or_query(http: httpx.Client, harvesters: bytes, where: str) -> None:
+    files = {"image": ("h.jpg", harvesters)}
+    response = (http.post("/v1/identify", files=files, data={"k": "3"}) if where == "form"
+                else http.post("/v1/identify?k=3", files=files))
+    assert response.status_code == 200 and len(response.json()["matches"]) == 3
+
+
+def test_a_png_upload_works_like_a_jpeg(http: httpx.Client, harvesters: bytes) -> None:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(harvesters)).save(buffer, "PNG")
+    response = http.post("/v1/identify", files={"image": ("h.png", buffer.getvalue())})
+    assert response.json()["matches"][0]["id"] == HARVESTERS
+
+
+@pytest.mark.parametrize(
+    "files, data, status, message",
+    [
+        ({"image": ("notes.txt", b"not a picture at all")}, {}, 400, "not an image"),
+        ({"image": ("empty.jpg", b"")}, {}, 400, "empty"),
+        ({"photo": ("h.jpg", b"x")}, {}, 400, "multipart form field 'image'"),
+        ({"image": ("h.jpg", b"x")}, {"k": "0"}, 422, "k must be between 1 and 100"),
+        ({"image": ("h.jpg", b"x")}, {"k": "many"}, 422, "k must be an integer"),
+    ],
+    ids=["text-file", "empty", "wrong-field", "k-zero", "k-text"],
+)
+def test_bad_requests_get_a_4xx_that_names_the_problem(http: httpx.Client, files, data, status, message) -> None:
+    response = http.post("/v1/identify", files=files, data=data)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+def test_oversized_uploads_are_refused(http: httpx.Client) -> None:
+    response = http.post("/v1/identify", files={"image": ("big.jpg", b"\0" * (21 * 1024 * 1024))})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert http.get("/health").status_code == 200, "the service stays up"
+
+
+def test_artwork_metadata_and_image(http: httpx.Client, harvesters: bytes) -> None:
+    artwork = http.get(f"/v1/artworks/{HARVESTERS}")
+    assert artwork.status_code == 200 and artwork.json()["title"] == "The Harvesters"
+    image = http.get(f"/v1/artworks/{HARVESTERS}/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.content == harvesters
+
+
+@pytest.mark.parametrize("path", ["/v1/artworks/nope", "/v1/artworks/nope/image", "/v1/artworks/..%2F..%2Fetc%2Fpasswd/image"])
+def test_unknown_artworks_are_404(http: httpx.Client, path: str) -> None:
+    response = http.get(path)
+    assert response.status_code == 404
+
+
+def test_request_ids_are_echoed_and_metrics_exposed(http: httpx.Client, harvesters: bytes) -> None:
+    response = http.post("/v1/identify", files={"image": ("h.jpg", harvesters)}, headers={"x-request-id": "abc123"})
+    assert response.headers["x-request-id"] == "abc123"
+    metrics = http.get("/metrics/").text
+    assert 'whatart_identify_requests_total{outcome="ok"}' in metrics
+    assert 'whatart_stage_seconds_bucket{le="0.001",stage="triton"}' in metrics
+    assert "whatart_gallery_artworks 174.0" in metrics

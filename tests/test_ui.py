@@ -1,0 +1,51 @@
+"""The Gradio page driven by a real headless Chromium (Debian's /usr/bin/chromium)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.helpers import WHATART, distorted_copy, free_port, stop, wait_for_http
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def ui_url(service_url: str) -> str:
+    port = free_port()
+    process = subprocess.Popen([WHATART, "ui", "--server", service_url, "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url, process)
+        yield url
+    finally:
+        stop(process)
+
+
+def test_uploading_a_photo_shows_the_painting_first(ui_url: str, met_images: list[Path], tmp_path: Path) -> None:
+    assert Path(CHROMIUM).exists(), f"Chromium is missing at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
+    original = next(p for p in met_images if p.stem == "435809")  # The Harvesters
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(distorted_copy(original, np.random.default_rng(0)))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(ui_url)
+            page.locator("input[type=file]").first.set_input_files(str(photo))
+            top = page.locator("#top-match")
+            expect(top).to_contain_text("The Harvesters", timeout=60_000)
+            expect(top).to_contain_text("Pieter Bruegel the Elder")
+            expect(top).to_contain_text("1565")
+            expect(page.locator("#top-image img")).to_be_visible()
+            expect(page.locator("#other-matches img")).to_have_count(4, timeout=30_000)
+            page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+        finally:
+            browser.close()
