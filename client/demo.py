@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,27 @@ def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
     asyncio.run(run())
 
 
+def _check_ports_free(settings: Settings) -> None:
+    """Fail before starting anything if a port is taken (say, by another demo): otherwise
+    the readiness checks would talk to the other process and report success."""
+    ports = {
+        "WHATART_PORT": (settings.host, settings.port),
+        "WHATART_UI_PORT": (settings.ui_host, settings.ui_port),
+        "WHATART_TRITON_HTTP_PORT": ("127.0.0.1", settings.triton_http_port),
+        "WHATART_TRITON_GRPC_PORT": ("127.0.0.1", settings.triton_grpc_port),
+        "WHATART_TRITON_METRICS_PORT": ("127.0.0.1", settings.triton_metrics_port),
+    }
+    for variable, address in ports.items():
+        with socket.socket() as probe:
+            try:
+                probe.bind(address)
+            except OSError:
+                raise WhatartError(
+                    f"port {address[1]} on {address[0]} is already in use (another whatart demo?): "
+                    f"stop that process or choose another port with {variable}"
+                ) from None
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "whatart.client.cli", *args])
 
@@ -78,6 +100,7 @@ def run_demo(settings: Settings, index_dir: Path) -> int:
 
     settings = settings.override(index_dir=index_dir)
     started = time.perf_counter()
+    _check_ports_free(settings)
     WORK_DIR.mkdir(exist_ok=True)
     exported = export_preferred_encoder(settings.model_repository, "cpu")
     triton = TritonProcess(
@@ -92,7 +115,9 @@ def run_demo(settings: Settings, index_dir: Path) -> int:
         log_path=WORK_DIR / "triton.log",
     )
     children: list[subprocess.Popen] = []
-    # Ctrl-C reaches every process of the terminal's group; SIGTERM is turned into the same.
+    # Ctrl-C reaches every process of the terminal's group. Both signals are handled
+    # explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         triton.start(timeout_s=settings.triton_wait_s)
