@@ -25,12 +25,11 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     batching = BatchingConfig(
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us, instances=args.instances
     )
-    repository = args.repository or settings.model_repository
     if args.encoder == "auto":
-        result = export_preferred_encoder(repository, args.flavour, batching)
+        result = export_preferred_encoder(settings.model_repository, args.flavour, batching)
     else:
         seed = args.seed if args.random_weights else None
-        result = export_encoder(args.encoder, repository, args.flavour, args.weights, seed, batching)
+        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching)
     print(json.dumps({
         "model": result.identity.name,
         "model_dir": str(result.model_dir),
@@ -47,7 +46,7 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
 
     config = TritonConfig(
-        model_repository=args.model_repository or settings.model_repository,
+        model_repository=settings.model_repository,
         http_port=settings.triton_http_port,
         grpc_port=settings.triton_grpc_port,
         metrics_port=settings.triton_metrics_port,
@@ -154,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: ResNet50 with ImageNet weights if they can be had, else efficientnet-lite0")
     p.add_argument("--flavour", default="cpu", choices=["cpu", "gpu"],
                    help="cpu: python backend + onnxruntime (tritonserver from nvidia-pytriton); gpu: onnxruntime backend (NGC container)")
-    p.add_argument("--repository", type=Path, help="model repository (default: WHATART_MODEL_REPOSITORY or model_repository)")
+    p.add_argument("--model-repository", type=Path, help="model repository (default: WHATART_MODEL_REPOSITORY or model_repository)")
     p.add_argument("--weights", type=Path, help="local weights file (a torch state dict) instead of the default pretrained weights")
     p.add_argument("--random-weights", action="store_true", help="random weights (tests only: embeddings are meaningless)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
@@ -164,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_export)
 
     p = commands.add_parser("triton", help="run tritonserver (CPU build from nvidia-pytriton) on the model repository")
-    p.add_argument("--model-repository", type=Path)
+    p.add_argument("--model-repository", type=Path, help="default: WHATART_MODEL_REPOSITORY or model_repository")
     p.add_argument("--model", action="append", help="load only this model (repeatable); default: all")
     p.add_argument("--http-port", type=int, dest="triton_http_port")
     p.add_argument("--grpc-port", type=int, dest="triton_grpc_port")
@@ -208,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SETTING_FLAGS = ("index_dir", "host", "port", "triton_url", "ingest_batch_size", "ingest_concurrency",
+SETTING_FLAGS = ("model_repository", "index_dir", "host", "port", "triton_url", "ingest_batch_size", "ingest_concurrency",
                  "server_url", "ui_host", "ui_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
 
 

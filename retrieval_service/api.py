@@ -18,6 +18,7 @@ from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, T
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,20 +112,20 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         )
         return JSONResponse(result.to_json())
 
-    @app.get("/v1/artworks/{artwork_id}")
-    async def artwork(artwork_id: str) -> JSONResponse:
+    def find_artwork(artwork_id: str) -> Artwork:
         found = gallery.metadata.by_id(artwork_id)
         if found is None:
             raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
-        return JSONResponse(found.public())
+        return found
+
+    @app.get("/v1/artworks/{artwork_id}")
+    async def artwork(artwork_id: str) -> JSONResponse:
+        return JSONResponse(find_artwork(artwork_id).public())
 
     @app.get("/v1/artworks/{artwork_id}/image")
     async def artwork_image(artwork_id: str) -> FileResponse:
-        found = gallery.metadata.by_id(artwork_id)
-        if found is None:
-            raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
         # Only paths recorded at ingest are served: a request cannot name a file.
-        path = Path(found.image_path)
+        path = Path(find_artwork(artwork_id).image_path)
         if not path.is_file():
             raise HTTPException(404, f"the image of {artwork_id!r} is no longer at its ingest location")
         return FileResponse(path)

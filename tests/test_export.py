@@ -75,14 +75,14 @@ def test_a_missing_or_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> Non
         load_backbone(ENCODERS["resnet50"], weights=tmp_path / "absent.pth", random_seed=None)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
-    result = run_cli("export", "--encoder", "resnet50", "--weights", str(wrong), "--repository", str(tmp_path))
+    result = run_cli("export", "--encoder", "resnet50", "--weights", str(wrong), "--model-repository", str(tmp_path))
     assert result.returncode == 2
     assert "does not fit resnet50" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_cli_export_prints_a_json_summary(tmp_path: Path) -> None:
-    result = run_cli("export", "--encoder", "resnet50", "--random-weights", "--flavour", "gpu", "--repository", str(tmp_path))
+    result = run_cli("export", "--encoder", "resnet50", "--random-weights", "--flavour", "gpu", "--model-repository", str(tmp_path))
     assert result.returncode == 0, result.stderr
     (summary,) = json_lines(result.stdout)
     assert summary["model"] == "resnet50" and summary["flavour"] == "gpu" and summary["dim"] == 2048
