@@ -1,0 +1,1 @@
+"""`whatart evaluate`: seeded query protocols run through the service's identification path."""
