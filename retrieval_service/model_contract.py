@@ -17,6 +17,19 @@ OUTPUT_NAME = "embedding"
 PARAMETER_PREFIX = "whatart."
 """Prefix of the config.pbtxt parameters that carry a model's identity."""
 
+HEAD_TASKS = ("style", "genre")
+"""Optional classification heads baked into the same graph (`whatart train-head`)."""
+
+
+def head_output_name(task: str) -> str:
+    """float32 [batch, n_labels] softmax probabilities of one head, e.g. `style_probs`."""
+    return f"{task}_probs"
+
+
+def head_labels_parameter(task: str) -> str:
+    """config.pbtxt parameter holding the head's label names as a JSON list of strings."""
+    return f"{PARAMETER_PREFIX}labels.{task}"
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
