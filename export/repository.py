@@ -8,13 +8,21 @@ Two flavours of the same model.onnx:
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
+from whatart.retrieval_service.model_contract import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelIdentity,
+    head_labels_parameter,
+    head_output_name,
+)
 
 Flavour = Literal["cpu", "gpu"]
 FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
@@ -35,19 +43,45 @@ class BatchingConfig:
 DEFAULT_BATCHING = BatchingConfig()
 
 
+HeadLabels = Mapping[str, tuple[str, ...]]
+"""task -> label names, in the order of the head's probabilities."""
+
+
+def pbtxt_string(value: str) -> str:
+    """A protobuf text-format string literal that Triton parses back to exactly `value`:
+    quotes and backslashes escaped, anything outside printable ASCII as octal UTF-8 bytes."""
+    escaped = []
+    for byte in value.encode():
+        char = chr(byte)
+        if char in '\\"':
+            escaped.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            escaped.append(char)
+        else:
+            escaped.append(f"\\{byte:03o}")
+    return '"' + "".join(escaped) + '"'
+
+
 def render_config(
-    identity: ModelIdentity, input_size: int, flavour: Flavour, batching: BatchingConfig
+    identity: ModelIdentity, input_size: int, flavour: Flavour, batching: BatchingConfig, heads: HeadLabels | None = None
 ) -> str:
-    """config.pbtxt text for one model."""
+    """config.pbtxt text for one model; each head adds an output and a parameter with its
+    labels as a JSON list (model_contract.head_output_name / head_labels_parameter)."""
+    heads = heads or {}
     if flavour == "gpu":
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
         kind = "KIND_GPU"
     else:
         backend = 'backend: "python"'
         kind = "KIND_CPU"
+    labels = {head_labels_parameter(task): json.dumps(list(names), ensure_ascii=False) for task, names in heads.items()}
     parameters = "\n".join(
-        f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-        for key, value in identity.to_parameters().items()
+        f"parameters {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}"
+        for key, value in {**identity.to_parameters(), **labels}.items()
+    )
+    outputs = ",\n".join(
+        f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {dim} ] }}'
+        for name, dim in [(OUTPUT_NAME, identity.dim), *((head_output_name(t), len(names)) for t, names in heads.items())]
     )
     preferred = ", ".join(str(size) for size in batching.preferred_batch_sizes)
     return f"""name: "{identity.name}"
@@ -57,7 +91,7 @@ input [
   {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ {input_size}, {input_size}, 3 ] }}
 ]
 output [
-  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {identity.dim} ] }}
+{outputs}
 ]
 instance_group [ {{ count: {batching.instances} kind: {kind} }} ]
 dynamic_batching {{
@@ -75,6 +109,7 @@ def write_model(
     input_size: int,
     flavour: Flavour,
     batching: BatchingConfig = DEFAULT_BATCHING,
+    heads: HeadLabels | None = None,
 ) -> Path:
     """Install the model under repository/<name>/, replacing any previous version whole:
     it is assembled beside the target and swapped in, so Triton never sees half a model."""
@@ -88,7 +123,7 @@ def write_model(
     shutil.copyfile(onnx_path, version / "model.onnx")
     if flavour == "cpu":
         shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
-    (staging / "config.pbtxt").write_text(render_config(identity, input_size, flavour, batching))
+    (staging / "config.pbtxt").write_text(render_config(identity, input_size, flavour, batching, heads))
     staging.chmod(0o755)
     if target.exists():
         retired = target.with_name(f".{identity.name}-retired")

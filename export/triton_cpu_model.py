@@ -4,6 +4,8 @@ On CPU hosts the only Triton available (the `tritonserver` binary inside the
 nvidia-pytriton wheel) has the python backend alone, so this file stands in for the
 onnxruntime backend. `whatart export --flavour cpu` copies it next to model.onnx.
 Dynamic batching hands several requests to one `execute` call; they run as one batch.
+Every output listed in config.pbtxt (the embedding, and the head probabilities when the
+model has heads) is returned; Triton passes on the ones a request asked for.
 """
 
 import json
@@ -18,7 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [output["name"] for output in config["output"]]
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -30,9 +32,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(batches)})[0]
+        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(batches)})
         splits = np.cumsum([len(batch) for batch in batches])[:-1]
+        per_request = zip(*(np.split(output, splits) for output in outputs), strict=True)
         return [
-            pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, chunk)])
-            for chunk in np.split(outputs, splits)
+            pb_utils.InferenceResponse([pb_utils.Tensor(name, chunk) for name, chunk in zip(self.output_names, chunks, strict=True)])
+            for chunks in per_request
         ]

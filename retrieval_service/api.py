@@ -32,7 +32,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     async def lifespan(app: FastAPI):
         # gRPC aio channels belong to the event loop that creates them: make it here.
         encoder = TritonEncoder(settings.triton_url, served.identity.name, settings.triton_timeout_s)
-        app.state.identifier = Identifier(gallery, encoder, served, settings.max_image_pixels)
+        app.state.identifier = Identifier(gallery, encoder, served, settings)
         metrics.GALLERY_ARTWORKS.set(len(gallery))
         try:
             yield
@@ -103,10 +103,10 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         metrics.IDENTIFY_REQUESTS.labels("ok").inc()
         for stage, ms in result.timings_ms.items():
             metrics.STAGE_SECONDS.labels(stage).observe(ms / 1e3)
-        top = result.matches[0] if result.matches else {}
+        top = result.matches[0].artwork.id if result.matches else None
         log.info(
-            "[%s] identify k=%d top=%s score=%.3f %s total=%.1fms",
-            request.state.request_id, k, top.get("id"), top.get("score", 0.0),
+            "[%s] identify k=%d top=%s in_gallery=%s confidence=%.3f %s total=%.1fms",
+            request.state.request_id, k, top, result.in_gallery, result.confidence,
             " ".join(f"{s}={ms:.1f}ms" for s, ms in result.timings_ms.items()), result.took_ms,
         )
         return JSONResponse(result.to_json())

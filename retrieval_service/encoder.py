@@ -6,14 +6,22 @@ batcher groups them into large batches on its side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
+from whatart.retrieval_service.model_contract import (
+    HEAD_TASKS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelIdentity,
+    head_labels_parameter,
+    head_output_name,
+)
 
 
 class EncoderUnavailable(WhatartError):
@@ -27,6 +35,8 @@ class ServedModel:
     identity: ModelIdentity
     input_size: int
     max_batch_size: int
+    heads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """task (style, genre) -> label names, for the classification heads the graph carries"""
 
 
 class TritonEncoder:
@@ -58,26 +68,41 @@ class TritonEncoder:
             identity = ModelIdentity.from_parameters(parameters)
         except ValueError as error:
             raise EncoderUnavailable(f"model {self.model_name!r} at {self.url}: {error}") from None
+        outputs = {output["name"] for output in config["output"]}
+        heads = {
+            task: tuple(json.loads(parameters[head_labels_parameter(task)]))
+            for task in HEAD_TASKS
+            if head_output_name(task) in outputs and head_labels_parameter(task) in parameters
+        }
         return ServedModel(
             identity=identity,
             input_size=height,
             max_batch_size=int(config.get("max_batch_size", 0)),
+            heads=heads,
         )
 
     async def encode(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] -> float32 [N, dim] unit vectors."""
+        return (await self._infer(pixels, [OUTPUT_NAME]))[OUTPUT_NAME]
+
+    async def encode_with_heads(self, pixels: np.ndarray, tasks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Embeddings and, from the same Triton call, each task's class probabilities [N, labels]."""
+        outputs = await self._infer(pixels, [OUTPUT_NAME, *(head_output_name(task) for task in tasks)])
+        return outputs[OUTPUT_NAME], {task: outputs[head_output_name(task)] for task in tasks}
+
+    async def _infer(self, pixels: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         infer_input = grpcclient.InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
         try:
             result = await self._client.infer(
                 self.model_name,
                 [infer_input],
-                outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                outputs=[grpcclient.InferRequestedOutput(name) for name in names],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as error:
             raise EncoderUnavailable(f"Triton at {self.url} failed to encode: {error.message()}") from None
-        return result.as_numpy(OUTPUT_NAME)
+        return {name: result.as_numpy(name) for name in names}
 
     async def close(self) -> None:
         await self._client.close()

@@ -4,8 +4,9 @@ Layout of an index directory::
 
     <index_dir>/current -> versions/<stamp>     (symlink, swapped atomically)
     <index_dir>/versions/<stamp>/manifest.json  (model identity, count, file checksums)
-                                 vectors.faiss
+                                 vectors.faiss    (one vector per artwork and gallery view)
                                  metadata.sqlite
+                                 features_*.npy   (local features for verification, mmapped)
 
 A writer builds a complete new version beside the old one and then replaces the
 ``current`` link with one rename, so a reader (or a crash) sees either the old gallery or
@@ -29,11 +30,18 @@ from whatart.retrieval_service import vector_index
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_metadata
 from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.verification import LocalFeatures
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
 METADATA = "metadata.sqlite"
+# Local features of every artwork, concatenated; offsets[i]:offsets[i + 1] are row i's.
+FEATURE_OFFSETS = "features_offsets.npy"
+FEATURE_POINTS = "features_points.npy"
+FEATURE_DESCRIPTORS = "features_descriptors.npy"
+DESCRIPTOR_BYTES = 32
+DATA_FILES = (VECTORS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS)
 VERSIONS_KEPT = 2
 
 
@@ -46,6 +54,8 @@ class Manifest:
     format: int
     model: ModelIdentity
     count: int
+    gallery_blurs: list[float]
+    """The views each artwork is indexed under (see views.gallery_views)."""
     source: str
     created_at: str
     files: dict[str, str]
@@ -68,27 +78,41 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def publish(index_dir: Path, identity: ModelIdentity, artworks: list[Artwork], vectors: np.ndarray, source: str) -> Path:
-    """Write a new gallery version and make it current in one atomic step."""
-    if len(artworks) != len(vectors):
-        raise ValueError(f"{len(artworks)} artworks but {len(vectors)} vectors")
-    if vectors.ndim != 2 or vectors.shape[1] != identity.dim:
-        raise ValueError(f"vectors of shape {vectors.shape} do not match the model's dimension {identity.dim}")
+def publish(
+    index_dir: Path,
+    identity: ModelIdentity,
+    artworks: list[Artwork],
+    vectors: np.ndarray,
+    features: list[LocalFeatures],
+    gallery_blurs: tuple[float, ...],
+    source: str,
+) -> Path:
+    """Write a new gallery version and make it current in one atomic step.
+
+    `vectors` is [n_artworks, n_views, dim]: one embedding per artwork and gallery view."""
+    if vectors.ndim != 3 or vectors.shape[:2] != (len(artworks), len(gallery_blurs)) or vectors.shape[2] != identity.dim:
+        raise ValueError(
+            f"vectors of shape {vectors.shape} do not fit {len(artworks)} artworks x {len(gallery_blurs)} views "
+            f"x the model's dimension {identity.dim}"
+        )
     versions = index_dir / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     now_ns = time.time_ns()  # names sort in publication order (pruning relies on it)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns / 1e9)) + f".{now_ns % 10**9:09d}"
     staging = versions / f".{stamp}.partial"
     staging.mkdir()
-    vector_index.save_index(vector_index.build_index(vectors), staging / VECTORS)
+    ids = np.repeat(np.arange(len(artworks)), len(gallery_blurs))
+    vector_index.save_index(vector_index.build_index(vectors.reshape(-1, identity.dim), ids), staging / VECTORS)
     count = write_metadata(staging / METADATA, artworks)
+    _write_features(staging, features)
     manifest = Manifest(
         format=FORMAT_VERSION,
         model=identity,
         count=count,
+        gallery_blurs=list(gallery_blurs),
         source=source,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        files={name: _sha256(staging / name) for name in (VECTORS, METADATA)},
+        files={name: _sha256(staging / name) for name in DATA_FILES},
     )
     (staging / MANIFEST).write_text(manifest.to_json())
     _fsync_tree(staging)
@@ -99,6 +123,19 @@ def publish(index_dir: Path, identity: ModelIdentity, artworks: list[Artwork], v
     os.replace(link, index_dir / "current")
     _prune(versions, keep=final)
     return final
+
+
+def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
+    offsets = np.zeros(len(features) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(f) for f in features])
+    points = np.concatenate([f.points for f in features] or [np.empty((0, 2))]).astype(np.float32)
+    descriptors = np.concatenate(
+        [f.descriptors if f.descriptors is not None else np.empty((0, DESCRIPTOR_BYTES), np.uint8) for f in features]
+        or [np.empty((0, DESCRIPTOR_BYTES), np.uint8)]
+    )
+    np.save(directory / FEATURE_OFFSETS, offsets)
+    np.save(directory / FEATURE_POINTS, points)
+    np.save(directory / FEATURE_DESCRIPTORS, descriptors)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -131,6 +168,10 @@ class Gallery:
         self.manifest = manifest
         self.index = index
         self.metadata = metadata
+        # memory-mapped: start-up stays fast and only the pages of verified candidates are read
+        self._offsets = np.load(directory / FEATURE_OFFSETS)
+        self._points = np.load(directory / FEATURE_POINTS, mmap_mode="r")
+        self._descriptors = np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r")
 
     @classmethod
     def load(cls, index_dir: Path) -> Gallery:
@@ -154,7 +195,10 @@ class Gallery:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
         index = vector_index.load_index(directory / VECTORS)
         metadata = MetadataStore(directory / METADATA)
-        counts = {"manifest": manifest.count, "vectors": index.ntotal, "metadata": metadata.count()}
+        views = len(manifest.gallery_blurs)
+        feature_rows = len(np.load(directory / FEATURE_OFFSETS)) - 1
+        counts = {"manifest": manifest.count, "vectors per view": index.ntotal / views, "metadata": metadata.count(),
+                  "local features": feature_rows}
         if len(set(counts.values())) != 1:
             raise GalleryError(f"{directory} is inconsistent ({counts}); {repair}")
         return cls(directory, manifest, index, metadata)
@@ -162,14 +206,17 @@ class Gallery:
     def __len__(self) -> int:
         return self.manifest.count
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Artwork, float]]]:
-        """For each query, the k nearest artworks with their cosine similarity."""
-        scores, ids = vector_index.search(self.index, queries, k)
-        found = self.metadata.by_row_ids(int(i) for i in np.unique(ids) if i >= 0)
-        return [
-            [(found[int(i)], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
-        ]
+    def search(self, views: np.ndarray, k: int) -> list[tuple[Artwork, float, int]]:
+        """The k artworks most similar to any view of one query (rows of `views`), each with
+        its best cosine similarity over all query and gallery views and its row id, best first."""
+        ranked = vector_index.search_best(self.index, views, k, len(self.manifest.gallery_blurs))
+        found = self.metadata.by_row_ids(row_id for row_id, _ in ranked)
+        return [(found[row_id], score, row_id) for row_id, score in ranked]
+
+    def local_features(self, row_id: int) -> LocalFeatures:
+        start, end = int(self._offsets[row_id]), int(self._offsets[row_id + 1])
+        descriptors = np.asarray(self._descriptors[start:end]) if end > start else None
+        return LocalFeatures(np.asarray(self._points[start:end]), descriptors)
 
     def close(self) -> None:
         self.metadata.close()

@@ -1,27 +1,39 @@
-"""Image bytes -> ranked artworks: decode, encode through Triton, search, join metadata."""
+"""Image bytes -> ranked artworks: decode, encode views through Triton, search, verify.
+
+1. the photo is decoded once and encoded under several views in one Triton request;
+2. the gallery is searched with every view; each artwork keeps its best similarity;
+3. the shortlist is re-ranked by geometric verification (ORB + RANSAC inliers), which also
+   decides "not in the gallery" and the confidence (see calibration.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import numpy as np
+from PIL import Image
 
+from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery, GalleryError
-from whatart.retrieval_service.images import load_pixels
+from whatart.retrieval_service.images import decode_image
 from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.verification import FeatureExtractor, count_inliers
+from whatart.retrieval_service.views import query_views
+
+STRONG_MATCH = 3
+"""A candidate with this many times the threshold's inliers ends verification early."""
+
+FEATURE_SIDE = 512
+"""Local features are extracted at up to this many pixels: JPEG decoding can stop there."""
 
 
 def image_url(artwork_id: str) -> str:
     return f"/v1/artworks/{quote(artwork_id, safe='')}/image"
-
-
-def match_json(artwork: Artwork, score: float) -> dict[str, object]:
-    # float32 inner products of unit vectors can land a hair above 1.0
-    return {**artwork.public(), "score": round(min(score, 1.0), 6), "image_url": image_url(artwork.id)}
 
 
 def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> None:
@@ -36,39 +48,128 @@ def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> N
 
 
 @dataclass(frozen=True)
+class Candidate:
+    artwork: Artwork
+    row_id: int
+    score: float
+    """best cosine similarity over the query and gallery views"""
+    inliers: int | None = None
+    """RANSAC inliers of the geometric verification; None when not verified"""
+
+    def to_json(self) -> dict[str, object]:
+        # float32 inner products of unit vectors can land a hair above 1.0
+        return {
+            **self.artwork.public(),
+            "score": round(min(self.score, 1.0), 6),
+            "inliers": self.inliers,
+            "image_url": image_url(self.artwork.id),
+        }
+
+
+TOP_PREDICTIONS = 3
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Identification:
-    matches: list[dict[str, object]]
+    matches: list[Candidate]
+    in_gallery: bool
+    confidence: float
     model: str
     took_ms: float
     timings_ms: dict[str, float]
+    predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+    """task (style, genre) -> most probable labels, from the model's heads (any image)"""
 
     def to_json(self) -> dict[str, object]:
-        return {"matches": self.matches, "model": self.model, "took_ms": self.took_ms, "timings_ms": self.timings_ms}
+        return {
+            "matches": [m.to_json() for m in self.matches],
+            "in_gallery": self.in_gallery,
+            "confidence": round(self.confidence, 4),
+            "predictions": {
+                task: [{"label": p.label, "probability": round(p.probability, 4)} for p in ranked]
+                for task, ranked in self.predictions.items()
+            },
+            "model": self.model,
+            "took_ms": self.took_ms,
+            "timings_ms": self.timings_ms,
+        }
+
+
+def rerank(candidates: list[Candidate], min_inliers: int) -> list[Candidate]:
+    """Verified matches first (most inliers first), then the rest by global similarity."""
+    verified = sorted((c for c in candidates if (c.inliers or 0) >= min_inliers), key=lambda c: -(c.inliers or 0))
+    rest = [c for c in candidates if (c.inliers or 0) < min_inliers]
+    return verified + rest
 
 
 class Identifier:
-    def __init__(self, gallery: Gallery, encoder: TritonEncoder, served: ServedModel, max_pixels: int) -> None:
+    def __init__(self, gallery: Gallery, encoder: TritonEncoder, served: ServedModel, settings: Settings) -> None:
         self.gallery = gallery
         self.encoder = encoder
         self.served = served
-        self.max_pixels = max_pixels
+        self.settings = settings
+        self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
+        self.extractor = FeatureExtractor(max_side=FEATURE_SIDE)
+
+    def _verify(self, photo: Image.Image, candidates: list[Candidate]) -> list[Candidate]:
+        """Verify candidates in global-similarity order; stop at an unmistakable match
+        (STRONG_MATCH x the threshold), leaving the rest unverified in their order."""
+        query = self.extractor.extract(photo)
+        strong = STRONG_MATCH * self.calibration.min_inliers
+        verified = []
+        for position, candidate in enumerate(candidates):
+            inliers = count_inliers(query, self.gallery.local_features(candidate.row_id))
+            verified.append(Candidate(candidate.artwork, candidate.row_id, candidate.score, inliers))
+            if inliers >= strong:
+                return verified + candidates[position + 1 :]
+        return verified
 
     async def identify(self, data: bytes, k: int) -> Identification:
+        settings = self.settings
         started = time.perf_counter()
-        pixels = await asyncio.to_thread(load_pixels, data, self.served.input_size, self.max_pixels)
+        photo = await asyncio.to_thread(decode_image, data, settings.max_image_pixels, FEATURE_SIDE)
+        views = await asyncio.to_thread(
+            query_views, photo, self.served.input_size, settings.query_rotations, settings.query_crops
+        )
         decoded = time.perf_counter()
-        embedding = await self.encoder.encode(pixels[np.newaxis])
+        tasks = list(self.served.heads)
+        embeddings, probabilities = await self.encoder.encode_with_heads(views, tasks)
         encoded = time.perf_counter()
-        (ranked,) = await asyncio.to_thread(self.gallery.search, embedding, k)
+        ranked = await asyncio.to_thread(self.gallery.search, embeddings, max(k, settings.rerank_candidates))
+        candidates = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
         searched = time.perf_counter()
+        checked = max(1, settings.rerank_candidates)
+        verified = await asyncio.to_thread(self._verify, photo, candidates[:checked])
+        if settings.rerank_candidates:
+            candidates = rerank(verified, self.calibration.min_inliers) + candidates[checked:]
+        else:
+            candidates = verified + candidates[checked:]
+        finished = time.perf_counter()
+        top_inliers = (candidates[0].inliers or 0) if candidates else 0
         timings = {
-            "decode": (decoded - started) * 1e3,
-            "triton": (encoded - decoded) * 1e3,
-            "search": (searched - encoded) * 1e3,
+            "decode": decoded - started,
+            "triton": encoded - decoded,
+            "search": searched - encoded,
+            "verify": finished - searched,
         }
         return Identification(
-            matches=[match_json(artwork, score) for artwork, score in ranked],
+            matches=candidates[:k],
+            in_gallery=bool(candidates) and self.calibration.in_gallery(top_inliers),
+            confidence=self.calibration.confidence(top_inliers) if candidates else 0.0,
             model=self.served.identity.name,
-            took_ms=round((searched - started) * 1e3, 2),
-            timings_ms={stage: round(ms, 2) for stage, ms in timings.items()},
+            took_ms=round((finished - started) * 1e3, 2),
+            timings_ms={stage: round(seconds * 1e3, 2) for stage, seconds in timings.items()},
+            predictions={task: self._predictions(task, probabilities[task]) for task in tasks},
         )
+
+    def _predictions(self, task: str, view_probabilities: np.ndarray) -> list[Prediction]:
+        """The head's probabilities averaged over the query views (test-time augmentation)."""
+        mean = view_probabilities.mean(axis=0)
+        labels = self.served.heads[task]
+        return [Prediction(labels[i], float(mean[i])) for i in np.argsort(-mean)[:TOP_PREDICTIONS]]

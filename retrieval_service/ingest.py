@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from whatart.retrieval_service import gallery
 from whatart.retrieval_service.encoder import TritonEncoder
-from whatart.retrieval_service.images import ImageError, load_pixels
+from whatart.retrieval_service.images import ImageError, decode_image
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.sources import GallerySource
+from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures
+from whatart.retrieval_service.views import gallery_views
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,27 @@ class IngestReport:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
 
-def _read_pixels(artwork: Artwork, size: int, max_pixels: int) -> np.ndarray:
+@dataclass
+class _Chunk:
+    """One batch of artworks on its way through decode, Triton and feature extraction."""
+
+    artworks: list[Artwork] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)
+    features: list[LocalFeatures] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _prepare(
+    artwork: Artwork, size: int, max_pixels: int, blurs: tuple[float, ...], extractor: FeatureExtractor
+) -> tuple[list[np.ndarray], LocalFeatures]:
+    """The artwork's model inputs (one per gallery view) and its local features."""
     try:
         data = Path(artwork.image_path).read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read {artwork.image_path}: {error.strerror}") from None
-    return load_pixels(data, size, max_pixels)
+    image = decode_image(data, max_pixels, draft_size=extractor.max_side)
+    return gallery_views(image, size, blurs), extractor.extract(image)
 
 
 async def ingest(
@@ -56,8 +73,10 @@ async def ingest(
     batch_size: int,
     concurrency: int,
     max_pixels: int,
+    gallery_blurs: tuple[float, ...],
     show_progress: bool = True,
 ) -> IngestReport:
+    """Encode every artwork under each gallery view and publish the result."""
     started = time.perf_counter()
     served = await encoder.served_model()
     size = served.input_size
@@ -65,39 +84,45 @@ async def ingest(
     slots = asyncio.Semaphore(concurrency)
     progress = tqdm(total=len(source.artworks), unit="img", desc=f"ingest {source.name}", disable=not show_progress)
 
-    def decode_chunk(chunk: list[Artwork]) -> tuple[list[Artwork], list[np.ndarray], list[tuple[str, str]]]:
-        kept: list[Artwork] = []
-        pixels: list[np.ndarray] = []
-        skipped: list[tuple[str, str]] = []
-        for artwork in chunk:
+    extractor = FeatureExtractor()
+
+    def prepare_chunk(artworks: list[Artwork]) -> _Chunk:
+        chunk = _Chunk()
+        for artwork in artworks:
             try:
-                pixels.append(_read_pixels(artwork, size, max_pixels))
-                kept.append(artwork)
+                views, features = _prepare(artwork, size, max_pixels, gallery_blurs, extractor)
             except ImageError as error:
-                skipped.append((artwork.id, str(error)))
-        return kept, pixels, skipped
+                chunk.skipped.append((artwork.id, str(error)))
+                continue
+            chunk.artworks.append(artwork)
+            chunk.pixels.extend(views)
+            chunk.features.append(features)
+        return chunk
 
-    async def encode_chunk(
-        chunk: list[Artwork], pool: ThreadPoolExecutor
-    ) -> tuple[list[Artwork], np.ndarray, list[tuple[str, str]]]:
+    async def encode_chunk(artworks: list[Artwork], pool: ThreadPoolExecutor) -> _Chunk:
         async with slots:
-            kept, pixels, skipped = await loop.run_in_executor(pool, decode_chunk, chunk)
-            vectors = await encoder.encode(np.stack(pixels)) if pixels else np.empty((0, served.identity.dim), np.float32)
-        progress.update(len(chunk))
-        return kept, vectors, skipped
+            chunk = await loop.run_in_executor(pool, prepare_chunk, artworks)
+            shape = (len(chunk.artworks), len(gallery_blurs), served.identity.dim)
+            chunk.vectors = (await encoder.encode(np.stack(chunk.pixels))).reshape(shape) if chunk.pixels else np.empty(shape)
+            chunk.pixels = []  # free them: only vectors are kept
+        progress.update(len(artworks))
+        return chunk
 
-    chunks = [source.artworks[i : i + batch_size] for i in range(0, len(source.artworks), batch_size)]
+    batches = [source.artworks[i : i + batch_size] for i in range(0, len(source.artworks), batch_size)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         try:
-            results = await asyncio.gather(*(encode_chunk(chunk, pool) for chunk in chunks))
+            chunks = await asyncio.gather(*(encode_chunk(batch, pool) for batch in batches))
         finally:
             progress.close()
-    artworks = [a for kept, _, _ in results for a in kept]
-    skipped = [s for _, _, chunk_skipped in results for s in chunk_skipped]
+    artworks = [a for chunk in chunks for a in chunk.artworks]
+    skipped = [s for chunk in chunks for s in chunk.skipped]
     if not artworks:
         raise ImageError(f"none of the {len(source.artworks)} images of {source.name} could be read")
-    vectors = np.concatenate([v for _, v, _ in results])
-    version_dir = await asyncio.to_thread(gallery.publish, index_dir, served.identity, artworks, vectors, source.name)
+    vectors = np.concatenate([chunk.vectors for chunk in chunks]).astype(np.float32)
+    features = [f for chunk in chunks for f in chunk.features]
+    version_dir = await asyncio.to_thread(
+        gallery.publish, index_dir, served.identity, artworks, vectors, features, gallery_blurs, source.name
+    )
     report = IngestReport(source.name, served.identity.name, len(artworks), time.perf_counter() - started, version_dir, skipped)
     for artwork_id, reason in skipped:
         log.warning("skipped %s: %s", artwork_id, reason)

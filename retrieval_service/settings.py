@@ -43,6 +43,17 @@ class Settings:
     # server-side batches from many small concurrent requests).
     ingest_batch_size: int = 4
     ingest_concurrency: int = 8
+    # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs).
+    # Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is indexed under.
+    gallery_blurs: tuple[float, ...] = (0.0, 1.5, 3.0)
+    # Query side: rotations (degrees) and centre crops (linear fraction kept) of the photo.
+    query_rotations: tuple[float, ...] = (0.0, -20.0, 20.0, -40.0, 40.0)
+    query_crops: tuple[float, ...] = (0.8, 0.6)
+    # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
+    # global similarity alone (the top match is still verified for the confidence).
+    rerank_candidates: int = 20
+    # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
+    default_min_inliers: int = 20
     # Clients
     server_url: str = "http://127.0.0.1:8080"
     ui_host: str = "127.0.0.1"
@@ -65,6 +76,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.gallery_blurs or not (self.query_rotations or self.query_crops):
+            raise SettingsError("gallery_blurs and query_rotations/query_crops need at least one view each")
+        if any(not 0 < fraction <= 1 for fraction in self.query_crops):
+            raise SettingsError(f"query_crops must be fractions in (0, 1], got {self.query_crops}")
+        if self.rerank_candidates < 0:
+            raise SettingsError(f"rerank_candidates must be 0 or more, got {self.rerank_candidates}")
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
@@ -76,6 +93,11 @@ class Settings:
 
 
 def _parse(name: str, raw: str, type_name: object) -> object:
+    if str(type_name) == "tuple[float, ...]":
+        try:
+            return tuple(float(part) for part in raw.split(",") if part.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a comma-separated list of numbers") from None
     kind = {"int": int, "float": float, "Path": Path, "str": str}[str(type_name)]
     try:
         return kind(raw)

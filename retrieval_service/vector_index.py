@@ -11,10 +11,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def build_index(vectors: np.ndarray) -> faiss.Index:
-    """Exact search; row i of `vectors` gets id i (the metadata row id)."""
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(len(vectors), dtype=np.int64))
+def build_index(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """Exact search over `vectors`, each labelled with its artwork's metadata row id (an
+    artwork indexed under several views appears once per view, with the same id)."""
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return index
 
 
@@ -33,7 +34,15 @@ def load_index(path: Path) -> faiss.Index:
     return index
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each [n_queries, k]; ids are -1 where the gallery has fewer than k."""
-    k = min(k, index.ntotal)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+def search_best(index: faiss.Index, views: np.ndarray, k: int, vectors_per_id: int) -> list[tuple[int, float]]:
+    """The k ids with the highest similarity to any of the query's views, best first.
+
+    Each view asks for k * vectors_per_id neighbours, enough for k distinct ids even when
+    every view of the same artworks comes back."""
+    depth = min(k * vectors_per_id, index.ntotal)
+    scores, ids = index.search(np.ascontiguousarray(views, dtype=np.float32), depth)
+    best: dict[int, float] = {}
+    for score, artwork in zip(scores.ravel().tolist(), ids.ravel().tolist(), strict=True):
+        if artwork >= 0 and score > best.get(artwork, -np.inf):
+            best[artwork] = score
+    return sorted(best.items(), key=lambda item: -item[1])[:k]

