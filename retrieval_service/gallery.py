@@ -184,11 +184,13 @@ class Gallery:
         directory = current.resolve()
         repair = f"rebuild it with `whatart ingest SOURCE --index {index_dir}`"
         try:
-            manifest = Manifest.from_json((directory / MANIFEST).read_text())
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            text = (directory / MANIFEST).read_text()
+            found_format = json.loads(text).get("format")
+            if found_format != FORMAT_VERSION:
+                raise GalleryError(f"{directory} has index format {found_format}, this whatart reads {FORMAT_VERSION}; {repair}")
+            manifest = Manifest.from_json(text)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise GalleryError(f"the manifest of {directory} is unreadable ({error}); {repair}") from None
-        if manifest.format != FORMAT_VERSION:
-            raise GalleryError(f"{directory} has index format {manifest.format}, this whatart reads {FORMAT_VERSION}; {repair}")
         for name, expected in manifest.files.items():
             path = directory / name
             if not path.exists() or _sha256(path) != expected:

@@ -51,7 +51,7 @@ class Settings:
     query_crops: tuple[float, ...] = (0.8, 0.6)
     # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence).
-    rerank_candidates: int = 20
+    rerank_candidates: int = 50
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
     default_min_inliers: int = 20
     # Clients

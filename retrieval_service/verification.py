@@ -19,6 +19,7 @@ from PIL import Image
 RATIO = 0.8
 RANSAC_REPROJECTION_PX = 6.0
 MIN_MATCHES = 5
+MIN_INLIER_COVERAGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,19 @@ class FeatureExtractor:
         if scale < 1:
             grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR)
         pixels = np.asarray(grey)
-        detector = cv2.ORB_create(nfeatures=self.n_features, scaleFactor=1.2, nlevels=6, fastThreshold=10)
-        keypoints, descriptors = detector.detectAndCompute(pixels, _content_mask(pixels))
+        mask = _content_mask(pixels)
+        # Low-contrast paintings (minimalism, washes) give few corners at the usual FAST
+        # threshold: lower it until there are enough to verify with.
+        for threshold in FAST_THRESHOLDS:
+            detector = cv2.ORB_create(nfeatures=self.n_features, scaleFactor=1.2, nlevels=6, fastThreshold=threshold)
+            keypoints, descriptors = detector.detectAndCompute(pixels, mask)
+            if len(keypoints) >= ENOUGH_KEYPOINTS:
+                break
         return LocalFeatures(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors)
 
 
+FAST_THRESHOLDS = (10, 5, 2)
+ENOUGH_KEYPOINTS = 150
 FILL_LEVEL = 12
 FILL_MARGIN_PX = 7
 
@@ -82,4 +91,15 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     source = query.points[[m.queryIdx for m in good]]
     target = candidate.points[[m.trainIdx for m in good]]
     _, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
-    return int(mask.sum()) if mask is not None else 0
+    if mask is None:
+        return 0
+    inliers = source[mask.ravel() > 0]
+    # Inliers strung along a line (a frame edge, a horizon) fit a homography without the
+    # pictures being the same: ask them to cover part of the photo's textured area.
+    if _hull_area(inliers) < MIN_INLIER_COVERAGE * _hull_area(query.points):
+        return 0
+    return len(inliers)
+
+
+def _hull_area(points: np.ndarray) -> float:
+    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) if len(points) >= 3 else 0.0
