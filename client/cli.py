@@ -67,7 +67,7 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
 
     def request_stop(signum: int, frame: object) -> None:
         stop_requested.append(signum)
-        triton.stop()
+        triton.terminate()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -75,6 +75,7 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Triton ready: HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
           f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops it)", flush=True)
     code = triton.wait()
+    triton.stop()
     return 0 if stop_requested else code
 
 

@@ -32,7 +32,7 @@ from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_met
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
 METADATA = "metadata.sqlite"
@@ -56,6 +56,8 @@ class Manifest:
     count: int
     gallery_blurs: list[float]
     """The views each artwork is indexed under (see views.gallery_views)."""
+    local_features: str
+    """How the stored local features were extracted (FeatureExtractor.description)."""
     source: str
     created_at: str
     files: dict[str, str]
@@ -84,6 +86,7 @@ def publish(
     artworks: list[Artwork],
     vectors: np.ndarray,
     features: list[LocalFeatures],
+    features_description: str,
     gallery_blurs: tuple[float, ...],
     source: str,
 ) -> Path:
@@ -110,6 +113,7 @@ def publish(
         model=identity,
         count=count,
         gallery_blurs=list(gallery_blurs),
+        local_features=features_description,
         source=source,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         files={name: _sha256(staging / name) for name in DATA_FILES},

@@ -37,11 +37,15 @@ def image_url(artwork_id: str) -> str:
 
 
 def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> None:
-    """Refuse to search an index with embeddings from a different model."""
+    """Refuse to search an index with embeddings from a different model, or local features
+    extracted differently from how this version extracts a photo's."""
     differences = gallery.manifest.model.differences(served.identity)
+    expected = FeatureExtractor(max_side=FEATURE_SIDE).description
+    if gallery.manifest.local_features != expected:
+        differences.append(f"local features: {gallery.manifest.local_features!r} != {expected!r}")
     if differences:
         raise GalleryError(
-            f"the index at {index_dir} was built with another model than Triton serves "
+            f"the index at {index_dir} was built differently from what this service and Triton use "
             f"({'; '.join(differences)}): rebuild it with `whatart ingest SOURCE --index {index_dir}` "
             "or serve the model it was built with"
         )

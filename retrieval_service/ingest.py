@@ -121,7 +121,8 @@ async def ingest(
     vectors = np.concatenate([chunk.vectors for chunk in chunks]).astype(np.float32)
     features = [f for chunk in chunks for f in chunk.features]
     version_dir = await asyncio.to_thread(
-        gallery.publish, index_dir, served.identity, artworks, vectors, features, gallery_blurs, source.name
+        gallery.publish, index_dir, served.identity, artworks, vectors, features, extractor.description, gallery_blurs,
+        source.name,
     )
     report = IngestReport(source.name, served.identity.name, len(artworks), time.perf_counter() - started, version_dir, skipped)
     for artwork_id, reason in skipped:

@@ -160,6 +160,12 @@ class TritonProcess:
         assert self._process is not None
         return self._process.wait()
 
+    def terminate(self) -> None:
+        """Ask Triton to shut down (SIGTERM) without waiting: safe inside a signal handler,
+        where waiting on the child could deadlock with a wait() it interrupted."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM (Triton drains in-flight requests), then SIGKILL if it hangs."""
         process, self._process = self._process, None

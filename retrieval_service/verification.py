@@ -20,6 +20,9 @@ RATIO = 0.8
 RANSAC_REPROJECTION_PX = 6.0
 MIN_MATCHES = 5
 MIN_INLIER_COVERAGE = 0.05
+MAX_SCALE_CHANGE = 8.0
+MAX_PERSPECTIVE = 0.005
+"""per pixel of the photo (<= 512 px): about a 2.5x foreshortening across it at most"""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,13 @@ class FeatureExtractor:
     def __init__(self, max_side: int = 512, n_features: int = 500) -> None:
         self.max_side = max_side
         self.n_features = n_features
+
+    @property
+    def description(self) -> str:
+        """Pins how features are extracted: an index whose stored features were extracted
+        differently cannot be verified against (the index manifest records this)."""
+        return (f"orb n={self.n_features} side={self.max_side} fast={list(FAST_THRESHOLDS)}>={ENOUGH_KEYPOINTS} "
+                f"fill<={FILL_LEVEL}+{FILL_MARGIN_PX}px")
 
     def extract(self, image: Image.Image) -> LocalFeatures:
         grey = image.convert("L")
@@ -90,8 +100,8 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
         return 0
     source = query.points[[m.queryIdx for m in good]]
     target = candidate.points[[m.trainIdx for m in good]]
-    _, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
-    if mask is None:
+    homography, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
+    if homography is None or not _plausible(homography):
         return 0
     inliers = source[mask.ravel() > 0]
     # Inliers strung along a line (a frame edge, a horizon) fit a homography without the
@@ -99,6 +109,15 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     if _hull_area(inliers) < MIN_INLIER_COVERAGE * _hull_area(query.points):
         return 0
     return len(inliers)
+
+
+def _plausible(homography: np.ndarray) -> bool:
+    """Could a camera have produced this mapping? No mirror image, a scale change within
+    MAX_SCALE_CHANGE, mild perspective. Spurious consensus (repeated blobs, stripes) tends to
+    give degenerate mappings that fail this."""
+    scale = float(np.linalg.det(homography[:2, :2]))
+    perspective = max(abs(homography[2, 0]), abs(homography[2, 1]))
+    return 1 / MAX_SCALE_CHANGE**2 < scale < MAX_SCALE_CHANGE**2 and perspective < MAX_PERSPECTIVE
 
 
 def _hull_area(points: np.ndarray) -> float:

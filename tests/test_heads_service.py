@@ -38,7 +38,7 @@ def test_identify_returns_style_and_genre_predictions(demo_index: Path, tmp_path
             assert set(body["predictions"]) == {"style", "genre"}
             for ranked in body["predictions"].values():
                 probabilities = [p["probability"] for p in ranked]
-                assert len(ranked) == 3 and probabilities == sorted(probabilities, reverse=True)
+                assert 2 <= len(ranked) <= 3 and probabilities == sorted(probabilities, reverse=True)
                 assert 0 < sum(probabilities) <= 1.0001
         known = json.loads(trained.stdout)
         assert body["predictions"]["style"][0]["label"] in known["tasks"]["style"]["labels"]

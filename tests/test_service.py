@@ -24,7 +24,7 @@ def test_serve_refuses_an_index_built_by_another_model(demo_index: Path, triton:
     manifest_path.write_text(json.dumps(manifest))
     result = run_cli("serve", "--index", str(copy), "--port", str(free_port()), "--triton-url", triton.grpc_url, timeout=60)
     assert result.returncode == 2
-    assert "built with another model than Triton serves (weights_sha256" in result.stderr
+    assert "built differently from what this service and Triton use (weights_sha256" in result.stderr
     assert "whatart ingest" in result.stderr and "Traceback" not in result.stderr
 
 

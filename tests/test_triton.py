@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.conftest import TritonEndpoints
+from tests.helpers import WHATART, free_port, stop
 from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
 from whatart.retrieval_service.triton_server import TritonConfig, TritonError, TritonProcess
 
@@ -68,8 +72,25 @@ def test_a_model_that_cannot_load_is_named_in_the_error(tmp_path: Path) -> None:
     broken = tmp_path / "repo" / "broken"
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 1\n')
-    from tests.helpers import free_port
-
     config = TritonConfig(tmp_path / "repo", free_port(), free_port(), free_port(), work_dir=tmp_path / "work")
     with pytest.raises(TritonError, match="failed to load 'broken'"):
         TritonProcess(config, log_path=tmp_path / "triton.log").start(timeout_s=60)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_whatart_triton_stops_cleanly_on_a_signal(model_repository: Path, tmp_path: Path, stop_signal: int) -> None:
+    ports = [str(free_port()) for _ in range(3)]
+    process = subprocess.Popen(
+        [WHATART, "triton", "--model-repository", str(model_repository),
+         "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = (process.stdout.readline() for _ in range(500))  # Triton's own log comes first
+        assert any("Triton ready" in line for line in lines)
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop(process)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(ports[1]))) != 0, "tritonserver outlived the command"

@@ -12,7 +12,7 @@ from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder,
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.gallery import Gallery, GalleryError
-from whatart.retrieval_service.identifier import Identifier
+from whatart.retrieval_service.identifier import Identifier, check_compatible
 from whatart.retrieval_service.ingest import ingest
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
@@ -24,13 +24,14 @@ PROTOCOL_NAMES = ("seed", "photo", "open-set")
 
 
 async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: TritonEncoder, settings: Settings) -> Gallery:
-    """Reuse the index when it was built from the same artworks, model and views."""
+    """Reuse the index when it was built from the same artworks, model, views and features."""
     served = await encoder.served_model()
     try:
         gallery = Gallery.load(index_dir)
         manifest = gallery.manifest
-        if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs)) == (
-            served.identity, source.name, len(source.artworks), settings.gallery_blurs
+        check_compatible(gallery, served, str(index_dir))
+        if (manifest.source, manifest.count, tuple(manifest.gallery_blurs)) == (
+            source.name, len(source.artworks), settings.gallery_blurs
         ):
             log.info("reusing the index at %s", index_dir)
             return gallery
