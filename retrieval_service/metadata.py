@@ -78,5 +78,10 @@ class MetadataStore:
         ).fetchone()
         return Artwork(*row) if row else None
 
+    def row_id_of(self, artwork_id: str) -> int | None:
+        """The row id (the vector index's id) of an artwork."""
+        row = self._connection.execute("SELECT row_id FROM artworks WHERE id = ?", (artwork_id,)).fetchone()
+        return row[0] if row else None
+
     def close(self) -> None:
         self._connection.close()

