@@ -122,17 +122,32 @@ class Identifier:
         self.extractor = FeatureExtractor(max_side=FEATURE_SIDE)
 
     def _verify(self, photo: Image.Image, candidates: list[Candidate]) -> list[Candidate]:
-        """Verify candidates in global-similarity order; stop at an unmistakable match
-        (STRONG_MATCH x the threshold), leaving the rest unverified in their order."""
+        """Verify the shortlist in global-similarity order and re-rank it.
+
+        Stops at an unmistakable match (STRONG_MATCH x the threshold), leaving the rest in
+        their order. When nothing in the first `rerank_candidates` verifies, the next ones
+        up to `rerank_extended` get a second chance: a blurred or strongly rotated photo can
+        rank its painting a few hundred places down while local features still find it."""
+        settings = self.settings
+        if not candidates:
+            return candidates
         query = self.extractor.extract(photo)
-        strong = STRONG_MATCH * self.calibration.min_inliers
-        verified = []
-        for position, candidate in enumerate(candidates):
+        threshold = self.calibration.min_inliers
+        strong = STRONG_MATCH * threshold
+        first = max(1, settings.rerank_candidates)
+        depth = max(first, settings.rerank_extended) if settings.rerank_candidates else first
+        verified: list[Candidate] = []
+        for position, candidate in enumerate(candidates[:depth]):
+            if position == first and any((c.inliers or 0) >= threshold for c in verified):
+                break
             inliers = count_inliers(query, self.gallery.local_features(candidate.row_id))
             verified.append(Candidate(candidate.artwork, candidate.row_id, candidate.score, inliers))
             if inliers >= strong:
-                return verified + candidates[position + 1 :]
-        return verified
+                break
+        rest = candidates[len(verified):]
+        if not settings.rerank_candidates:  # global ranking; the top match was verified for the confidence
+            return verified + rest
+        return rerank(verified, threshold) + rest
 
     async def identify(self, data: bytes, k: int) -> Identification:
         settings = self.settings
@@ -145,15 +160,11 @@ class Identifier:
         tasks = list(self.served.heads)
         embeddings, probabilities = await self.encoder.encode_with_heads(views, tasks)
         encoded = time.perf_counter()
-        ranked = await asyncio.to_thread(self.gallery.search, embeddings, max(k, settings.rerank_candidates))
-        candidates = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
+        depth = max(k, settings.rerank_candidates, settings.rerank_extended)
+        ranked = await asyncio.to_thread(self.gallery.search, embeddings, depth)
+        shortlist = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
         searched = time.perf_counter()
-        checked = max(1, settings.rerank_candidates)
-        verified = await asyncio.to_thread(self._verify, photo, candidates[:checked])
-        if settings.rerank_candidates:
-            candidates = rerank(verified, self.calibration.min_inliers) + candidates[checked:]
-        else:
-            candidates = verified + candidates[checked:]
+        candidates = await asyncio.to_thread(self._verify, photo, shortlist)
         finished = time.perf_counter()
         top_inliers = (candidates[0].inliers or 0) if candidates else 0
         timings = {

@@ -52,6 +52,8 @@ class Settings:
     # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence).
     rerank_candidates: int = 50
+    # ...and, when none of those verifies, candidates down to this rank get a second chance.
+    rerank_extended: int = 200
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
     default_min_inliers: int = 20
     # Clients
@@ -80,8 +82,9 @@ class Settings:
             raise SettingsError("gallery_blurs and query_rotations/query_crops need at least one view each")
         if any(not 0 < fraction <= 1 for fraction in self.query_crops):
             raise SettingsError(f"query_crops must be fractions in (0, 1], got {self.query_crops}")
-        if self.rerank_candidates < 0:
-            raise SettingsError(f"rerank_candidates must be 0 or more, got {self.rerank_candidates}")
+        if self.rerank_candidates < 0 or self.rerank_extended < 0:
+            raise SettingsError(f"rerank_candidates and rerank_extended must be 0 or more, got "
+                                f"{self.rerank_candidates} and {self.rerank_extended}")
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
