@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CALIBRATION_FILE = "calibration.json"
-DEFAULT_SLOPE = 0.25
-"""Confidence rises from 0.08 to 0.92 over +-10 inliers around the threshold (uncalibrated)."""
+DEFAULT_SLOPE = 4.0
+"""Uncalibrated: confidence 0.5 at the threshold, 0.92 at twice it (on log(1 + inliers))."""
 
 
 @dataclass(frozen=True)
@@ -24,19 +24,21 @@ class Calibration:
     """At least this many inliers on the top match: the artwork is in the gallery."""
     slope: float
     intercept: float
+    """confidence = logistic(slope * log(1 + inliers) + intercept): inliers matter by ratio,
+    not difference (60 against 30 is no surer than 30 against 15)"""
     source: str
     """Where the numbers come from (a measurement, or 'default')."""
 
     @classmethod
     def default(cls, min_inliers: int) -> Calibration:
-        return cls(min_inliers, DEFAULT_SLOPE, -DEFAULT_SLOPE * (min_inliers - 0.5), "default (not calibrated)")
+        return cls(min_inliers, DEFAULT_SLOPE, -DEFAULT_SLOPE * math.log1p(min_inliers - 0.5), "default (not calibrated)")
 
     def in_gallery(self, inliers: int) -> bool:
         return inliers >= self.min_inliers
 
     def confidence(self, inliers: int) -> float:
         """Estimated probability that the top match is the right artwork."""
-        return 1.0 / (1.0 + math.exp(-(self.slope * inliers + self.intercept)))
+        return 1.0 / (1.0 + math.exp(-(self.slope * math.log1p(inliers) + self.intercept)))
 
     def save(self, directory: Path) -> Path:
         path = directory / CALIBRATION_FILE

@@ -184,7 +184,10 @@ class Identifier:
         )
 
     def _predictions(self, task: str, view_probabilities: np.ndarray) -> list[Prediction]:
-        """The head's probabilities averaged over the query views (test-time augmentation)."""
-        mean = view_probabilities.mean(axis=0)
+        """The head's probabilities averaged over the centre-crop views (all views when there
+        are none). Heads learn from bare paintings: on photos, the views that show the most
+        wall and rotation fill (rotations of the whole photo) measured worst (README)."""
+        crops = len(self.settings.query_crops)
+        mean = (view_probabilities[-crops:] if crops else view_probabilities).mean(axis=0)
         labels = self.served.heads[task]
         return [Prediction(labels[i], float(mean[i])) for i in np.argsort(-mean)[:TOP_PREDICTIONS]]

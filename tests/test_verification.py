@@ -54,7 +54,8 @@ def test_default_calibration_is_monotonic_and_centred_on_the_threshold(tmp_path:
     calibration = Calibration.default(20)
     confidences = [calibration.confidence(i) for i in range(0, 60, 5)]
     assert confidences == sorted(confidences)
-    assert calibration.confidence(10) < 0.1 < 0.9 < calibration.confidence(30)
+    assert calibration.confidence(10) < 0.1 < 0.9 < calibration.confidence(40)
+    assert calibration.confidence(19) < 0.5 < calibration.confidence(20)
     assert not calibration.in_gallery(19) and calibration.in_gallery(20)
     calibration.save(tmp_path)
     assert Calibration.load(tmp_path, default_min_inliers=99) == calibration
@@ -76,7 +77,8 @@ def test_threshold_and_confidence_are_fitted_from_outcomes() -> None:
     report = harness.open_set_report(present + absent, threshold)
     assert report.not_in_gallery_precision == 1.0 and report.not_in_gallery_recall == 1.0
     slope, intercept = harness.fit_confidence(present + absent)
-    assert slope > 0 and 1 / (1 + np.exp(-(slope * 50 + intercept))) > 0.9
+    fitted = Calibration(threshold, slope, intercept, "test")
+    assert slope > 0 and fitted.confidence(50) > 0.9 > 0.1 > fitted.confidence(3)
 
 
 def test_retrieval_report_counts_ranks() -> None:

@@ -144,8 +144,9 @@ def choose_threshold(outcomes: Sequence[Outcome], min_precision: float = 0.95) -
 
 
 def fit_confidence(outcomes: Sequence[Outcome]) -> tuple[float, float]:
-    """Logistic fit of P(top match correct) on the top match's inliers (Newton's method)."""
-    x = np.array([top_inliers(o) for o in outcomes], dtype=np.float64)
+    """Logistic fit of P(top match correct) on log(1 + the top match's inliers), by
+    Newton's method (the feature Calibration.confidence uses)."""
+    x = np.log1p(np.array([top_inliers(o) for o in outcomes], dtype=np.float64))
     y = np.array([o.query.in_gallery and o.rank == 1 for o in outcomes], dtype=np.float64)
     w = np.zeros(2)
     design = np.stack([x, np.ones_like(x)], axis=1)
