@@ -8,12 +8,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
 
 WHATART = str(Path(sys.executable).with_name("whatart"))
 """The installed console script, so tests exercise the real entry point."""
@@ -80,3 +84,23 @@ def abstract_painting(seed: int) -> bytes:
     buffer = io.BytesIO()
     canvas.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+@contextmanager
+def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) -> Iterator[tuple[TritonProcess, str]]:
+    """A Triton of its own on `model_repository` and `whatart serve` over `index_dir` on it,
+    for tests that stop Triton or serve a model the session's Triton does not have."""
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton")
+    triton = TritonProcess(config, log_path=work_dir / "triton.log")
+    triton.start()
+    port = free_port()
+    service = subprocess.Popen(
+        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--triton-url", f"127.0.0.1:{config.grpc_port}"]
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/health", service)
+        yield triton, url
+    finally:
+        stop(service)
+        triton.stop()

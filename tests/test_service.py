@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import WHATART, free_port, run_cli, stop, wait_for_http
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+from tests.helpers import free_port, run_cli, triton_and_service
 
 
 def test_serve_refuses_an_index_built_by_another_model(demo_index: Path, triton: TritonEndpoints, tmp_path: Path) -> None:
@@ -36,31 +34,18 @@ def test_serve_without_an_index_says_how_to_build_one(tmp_path: Path, triton: Tr
 def test_service_reports_triton_outage_and_recovers(
     demo_index: Path, model_repository: Path, tmp_path: Path, met_images: list[Path]
 ) -> None:
-    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=tmp_path / "triton")
-    triton = TritonProcess(config, log_path=tmp_path / "triton.log")
-    triton.start()
-    port = free_port()
-    service = subprocess.Popen(
-        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--triton-url", f"127.0.0.1:{config.grpc_port}"]
-    )
     image = {"image": ("p.jpg", met_images[0].read_bytes())}
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/health", service)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.post("/v1/identify", files=image).status_code == 200
-            triton.stop()
-            health = http.get("/health")
-            assert health.status_code == 503 and health.json()["status"] == "unavailable"
-            refused = http.post("/v1/identify", files=image)
-            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
-            assert "Triton" in refused.json()["detail"]
-            triton.start()
-            deadline = time.monotonic() + 30
-            while http.get("/health").status_code != 200:
-                assert time.monotonic() < deadline, "the service did not notice Triton's return"
-                time.sleep(0.5)
-            assert http.post("/v1/identify", files=image).status_code == 200
-    finally:
-        stop(service)
+    with triton_and_service(model_repository, demo_index, tmp_path) as (triton, url), httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/identify", files=image).status_code == 200
         triton.stop()
+        health = http.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        refused = http.post("/v1/identify", files=image)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert "Triton" in refused.json()["detail"]
+        triton.start()
+        deadline = time.monotonic() + 30
+        while http.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the service did not notice Triton's return"
+            time.sleep(0.5)
+        assert http.post("/v1/identify", files=image).status_code == 200
