@@ -80,7 +80,3 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     resized = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 
-
-def load_pixels(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 [size, size, 3]: the whole client-side preprocessing."""
-    return to_model_input(decode_image(data, max_pixels, draft_size=2 * size), size)

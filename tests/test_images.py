@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from whatart.retrieval_service.images import ImageError, decode_image, load_pixels
+from whatart.retrieval_service.images import ImageError, decode_image, to_model_input
 
 LIMIT = 50_000_000
 
@@ -41,7 +41,7 @@ def test_exif_orientation_is_applied() -> None:
     ids=["rgba-png", "gray-png", "16bit-png", "palette-gif", "cmyk-tiff", "webp", "bmp"],
 )
 def test_every_accepted_mode_becomes_rgb_model_input(image: Image.Image, fmt: str) -> None:
-    pixels = load_pixels(_encode(image, fmt), 224, LIMIT)
+    pixels = to_model_input(decode_image(_encode(image, fmt), LIMIT), 224)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
 
 
@@ -62,7 +62,7 @@ def test_transparency_is_composited_on_white() -> None:
 )
 def test_bad_input_is_refused_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(ImageError, match=message):
-        load_pixels(data, 224, LIMIT)
+        decode_image(data, LIMIT)
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
