@@ -46,9 +46,12 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_head(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.export.heads import train_heads
+    from whatart.export.photo_copies import photo_copy_vectors
 
-    summary = train_heads(settings.index_dir, args.out, args.holdout_fraction, args.holdout_seed, args.min_examples)
-    print(json.dumps(summary, ensure_ascii=False))
+    extra = photo_copy_vectors(args.photo_copies, settings, args.model) if args.photo_copies else None
+    summary = train_heads(settings.index_dir, args.out, args.holdout_fraction, args.holdout_seed, args.min_examples,
+                          extra_vectors=extra)
+    print(json.dumps({**summary, "photo_copies": args.photo_copies}, ensure_ascii=False))
     return 0
 
 
@@ -80,22 +83,14 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder, list_ready_models
+    from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
     from whatart.retrieval_service.ingest import ingest
     from whatart.retrieval_service.sources import open_source
 
     source = open_source(args.source)
 
     async def run() -> dict:
-        model = args.model
-        if model is None:
-            ready = await list_ready_models(settings.triton_url)
-            if len(ready) != 1:
-                raise EncoderUnavailable(
-                    f"Triton at {settings.triton_url} serves {len(ready)} ready models ({', '.join(ready) or 'none'}): "
-                    "name one with --model"
-                )
-            model = ready[0]
+        model = await resolve_model(settings.triton_url, args.model)
         encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
         try:
             report = await ingest(
@@ -193,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of artworks kept out of training for the open-set evaluation")
     p.add_argument("--holdout-seed", type=int, default=DEFAULT_SEED, help="seed of the open-set hold-out")
     p.add_argument("--min-examples", type=int, default=20, help="labels with fewer artworks are ignored")
+    p.add_argument("--photo-copies", type=int, default=0, metavar="N",
+                   help="also train on N photo-like copies of each artwork, encoded by Triton (measured: README)")
+    p.add_argument("--model", help="Triton model for --photo-copies (default: the only one Triton serves)")
+    p.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
     p.set_defaults(handler=_train_head)
 
     p = commands.add_parser("triton", help="run tritonserver (CPU build from nvidia-pytriton) on the model repository")

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -284,13 +284,22 @@ def _train_task(
     return TrainedHead(labels, module, top1), summary
 
 
+ExtraVectors = Callable[[dict[int, Artwork], ModelIdentity], tuple[np.ndarray, np.ndarray]]
+"""(training artworks by row id, the index's encoder) -> (more unit vectors, their row ids)"""
+
+
 def train_heads(
-    index_dir: Path, out: Path, holdout_fraction: float, holdout_seed: int, min_examples: int, seed: int = 0
+    index_dir: Path, out: Path, holdout_fraction: float, holdout_seed: int, min_examples: int, seed: int = 0,
+    extra_vectors: ExtraVectors | None = None,
 ) -> dict:
-    """Train a head per task on the index's vectors, save them to `out`, return a summary."""
+    """Train a head per task on the index's vectors (and `extra_vectors` of the artworks
+    outside the hold-out, e.g. photo-like copies), save them to `out`, return a summary."""
     started = time.perf_counter()
     identity, data = load_training_set(index_dir)
     held_rows = {row for row, artwork in data.artworks.items() if is_held_out(artwork.id, holdout_fraction, holdout_seed)}
+    if extra_vectors is not None:
+        vectors, row_ids = extra_vectors({r: a for r, a in data.artworks.items() if r not in held_rows}, identity)
+        data = TrainingSet(np.concatenate([data.vectors, vectors]), np.concatenate([data.row_ids, row_ids]), data.artworks)
     usable = ~np.isin(data.row_ids, list(held_rows))
     validation = np.zeros(len(data.row_ids), dtype=bool)
     validation[usable] = validation_mask(data.row_ids[usable], VALIDATION_FRACTION, seed)

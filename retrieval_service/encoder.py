@@ -118,3 +118,15 @@ async def list_ready_models(url: str) -> list[str]:
     finally:
         await client.close()
     return [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+
+
+async def resolve_model(url: str, model: str | None) -> str:
+    """`model` when given, else the one model Triton at `url` serves (refusing to guess among several)."""
+    if model is not None:
+        return model
+    ready = await list_ready_models(url)
+    if len(ready) != 1:
+        raise EncoderUnavailable(
+            f"Triton at {url} serves {len(ready)} ready models ({', '.join(ready) or 'none'}): name one with --model"
+        )
+    return ready[0]

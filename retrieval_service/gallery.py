@@ -7,6 +7,7 @@ Layout of an index directory::
                                  vectors.faiss    (one vector per artwork and gallery view)
                                  metadata.sqlite
                                  features_*.npy   (local features for verification, mmapped)
+                                 votes.faiss      (every local descriptor, for the vote shortlist)
 
 A writer builds a complete new version beside the old one and then replaces the
 ``current`` link with one rename, so a reader (or a crash) sees either the old gallery or
@@ -26,13 +27,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from whatart.retrieval_service import vector_index
+from whatart.retrieval_service import feature_votes, vector_index
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_metadata
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 6
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
 METADATA = "metadata.sqlite"
@@ -40,8 +41,10 @@ METADATA = "metadata.sqlite"
 FEATURE_OFFSETS = "features_offsets.npy"
 FEATURE_POINTS = "features_points.npy"
 FEATURE_DESCRIPTORS = "features_descriptors.npy"
+FEATURE_COLOURS = "features_colours.npy"
+VOTES = "votes.faiss"
 DESCRIPTOR_BYTES = 32
-DATA_FILES = (VECTORS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS)
+DATA_FILES = (VECTORS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS, FEATURE_COLOURS, VOTES)
 VERSIONS_KEPT = 2
 
 
@@ -140,6 +143,9 @@ def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
     np.save(directory / FEATURE_OFFSETS, offsets)
     np.save(directory / FEATURE_POINTS, points)
     np.save(directory / FEATURE_DESCRIPTORS, descriptors)
+    np.save(directory / FEATURE_COLOURS, np.array([f.colour for f in features], np.float32).reshape(len(features), -1))
+    owners = np.repeat(np.arange(len(features)), np.diff(offsets))
+    feature_votes.save(feature_votes.build(descriptors, owners), directory / VOTES)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -176,6 +182,8 @@ class Gallery:
         self._offsets = np.load(directory / FEATURE_OFFSETS)
         self._points = np.load(directory / FEATURE_POINTS, mmap_mode="r")
         self._descriptors = np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r")
+        self._colours = np.load(directory / FEATURE_COLOURS)
+        self._votes = feature_votes.load(directory / VOTES)
 
     @classmethod
     def load(cls, index_dir: Path) -> Gallery:
@@ -205,6 +213,7 @@ class Gallery:
             "vectors per view": gallery.index.ntotal / len(manifest.gallery_blurs),
             "metadata": gallery.metadata.count(),
             "local features": len(gallery._offsets) - 1,
+            "colours": len(gallery._colours),
         }
         if len(set(counts.values())) != 1:
             gallery.close()
@@ -221,10 +230,25 @@ class Gallery:
         found = self.metadata.by_row_ids(row_id for row_id, _ in ranked)
         return [(found[row_id], score, row_id) for row_id, score in ranked]
 
+    def similarities(self, views: np.ndarray, row_ids: list[int]) -> list[float]:
+        """Each artwork's best cosine similarity over the query's and its own views (for
+        candidates that came from elsewhere than the global search)."""
+        return vector_index.best_similarities(self.index, views, row_ids, len(self.manifest.gallery_blurs))
+
+    def vote(self, descriptors: np.ndarray | None, n: int, lists_probed: int) -> list[tuple[Artwork, int, int]]:
+        """The n artworks the photo's local descriptors voted for most: (artwork, votes, row id)."""
+        voted = feature_votes.vote(self._votes, descriptors, n, lists_probed)
+        found = self.metadata.by_row_ids(row_id for row_id, _ in voted)
+        return [(found[row_id], votes, row_id) for row_id, votes in voted]
+
+    def colours(self, row_ids: list[int]) -> np.ndarray:
+        """float32 [n, 6] colour signatures of these artworks (colour.py)."""
+        return self._colours[row_ids]
+
     def local_features(self, row_id: int) -> LocalFeatures:
         start, end = int(self._offsets[row_id]), int(self._offsets[row_id + 1])
         descriptors = np.asarray(self._descriptors[start:end]) if end > start else None
-        return LocalFeatures(np.asarray(self._points[start:end]), descriptors)
+        return LocalFeatures(np.asarray(self._points[start:end]), descriptors, self._colours[row_id])
 
     def close(self) -> None:
         self.metadata.close()

@@ -16,13 +16,14 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from whatart.retrieval_service import colour
 from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery, GalleryError
 from whatart.retrieval_service.images import decode_image
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.verification import FeatureExtractor, count_inliers
+from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures, count_inliers
 from whatart.retrieval_service.views import query_views
 
 STRONG_MATCH = 3
@@ -105,7 +106,7 @@ class Identification:
 def rerank(candidates: list[Candidate], min_inliers: int) -> list[Candidate]:
     """Verified matches first (most inliers first), then the rest by global similarity."""
     verified = sorted((c for c in candidates if (c.inliers or 0) >= min_inliers), key=lambda c: -(c.inliers or 0))
-    rest = [c for c in candidates if (c.inliers or 0) < min_inliers]
+    rest = sorted((c for c in candidates if (c.inliers or 0) < min_inliers), key=lambda c: -c.score)
     return verified + rest
 
 
@@ -118,21 +119,33 @@ class Identifier:
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
         self.extractor = FeatureExtractor()
 
-    def _verify(self, photo: Image.Image, candidates: list[Candidate]) -> list[Candidate]:
-        """Verify the shortlist in global-similarity order and re-rank it.
+    def _shortlist(self, query: LocalFeatures, views: np.ndarray,
+                   ranked: list[tuple[Artwork, float, int]]) -> tuple[list[Candidate], int]:
+        """The artworks the photo's local descriptors voted for most, then the global
+        ranking's (without repeats): the order in which they are verified; and how many
+        came from the vote."""
+        voted = self.gallery.vote(query.descriptors, self.settings.vote_candidates, self.settings.vote_lists_probed)
+        scores = self.gallery.similarities(views, [row_id for _, _, row_id in voted])
+        shortlist = [Candidate(artwork, row_id, score) for (artwork, _, row_id), score in zip(voted, scores, strict=True)]
+        seen = {c.row_id for c in shortlist}
+        rest = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked if row_id not in seen]
+        return shortlist + rest, len(shortlist)
+
+    def _verify(self, query: LocalFeatures, candidates: list[Candidate], voted: int) -> list[Candidate]:
+        """Verify the shortlist in order and re-rank it.
 
         Stops at an unmistakable match (STRONG_MATCH x the threshold), leaving the rest in
-        their order. When nothing in the first `rerank_candidates` verifies, the next ones
-        up to `rerank_extended` get a second chance: a blurred or strongly rotated photo can
-        rank its painting a few hundred places down while local features still find it."""
+        their order. When nothing in the `voted` candidates and the first `rerank_candidates`
+        of the global ranking verifies, the next ones up to `rerank_extended` get a second
+        chance: a blurred or strongly rotated photo can rank its painting a few hundred
+        places down while local features still find it."""
         settings = self.settings
         if not candidates:
             return candidates
-        query = self.extractor.extract(photo)
         threshold = self.calibration.min_inliers
         strong = STRONG_MATCH * threshold
-        first = max(1, settings.rerank_candidates)
-        depth = max(first, settings.rerank_extended) if settings.rerank_candidates else first
+        first = voted + max(1, settings.rerank_candidates)
+        depth = max(first, voted + settings.rerank_extended) if settings.rerank_candidates else first
         verified: list[Candidate] = []
         for position, candidate in enumerate(candidates[:depth]):
             if position == first and any((c.inliers or 0) >= threshold for c in verified):
@@ -144,7 +157,27 @@ class Identifier:
         rest = candidates[len(verified):]
         if not settings.rerank_candidates:  # global ranking; the top match was verified for the confidence
             return verified + rest
-        return rerank(verified, threshold) + rest
+        return rerank(verified + rest, threshold)
+
+    def _candidates(self, photo: Image.Image, views: np.ndarray, ranked: list[tuple[Artwork, float, int]]) -> list[Candidate]:
+        query = self.extractor.extract(photo)
+        if not self.settings.rerank_candidates:
+            shortlist = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
+            return self._verify(query, shortlist, voted=0)
+        shortlist, voted = self._shortlist(query, views, ranked)
+        candidates = self._verify(query, shortlist, voted)
+        if len(query) < self.settings.colour_rerank_below and not self._verified(candidates):
+            return self._by_colour(query, candidates)
+        return candidates
+
+    def _verified(self, candidates: list[Candidate]) -> bool:
+        return bool(candidates) and (candidates[0].inliers or 0) >= self.calibration.min_inliers
+
+    def _by_colour(self, query: LocalFeatures, candidates: list[Candidate]) -> list[Candidate]:
+        """The shortlist ordered by colour signature (nearest first): for photos with too
+        little texture to verify, whose embeddings rank many similar canvases alike."""
+        distances = colour.distances(query.colour, self.gallery.colours([c.row_id for c in candidates]))
+        return [candidates[i] for i in np.argsort(distances, kind="stable")]
 
     async def identify(self, data: bytes, k: int) -> Identification:
         settings = self.settings
@@ -160,9 +193,8 @@ class Identifier:
         encoded = time.perf_counter()
         depth = max(k, settings.rerank_candidates, settings.rerank_extended)
         ranked = await asyncio.to_thread(self.gallery.search, embeddings, depth)
-        shortlist = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
         searched = time.perf_counter()
-        candidates = await asyncio.to_thread(self._verify, photo, shortlist)
+        candidates = await asyncio.to_thread(self._candidates, photo, embeddings, ranked)
         finished = time.perf_counter()
         top_inliers = (candidates[0].inliers or 0) if candidates else 0
         timings = {

@@ -49,11 +49,20 @@ class Settings:
     # Query side: rotations (degrees) and centre crops (linear fraction kept) of the photo.
     query_rotations: tuple[float, ...] = (0.0, -20.0, 20.0, -40.0, 40.0)
     query_crops: tuple[float, ...] = (0.8, 0.6)
+    # Local-feature votes (feature_votes.py): this many of the artworks the photo's ORB
+    # descriptors voted for most are verified first; 0 turns voting off. The vote index
+    # probes this many of its inverted lists per descriptor.
+    vote_candidates: int = 10
+    vote_lists_probed: int = 8
     # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence).
     rerank_candidates: int = 50
     # ...and, when none of those verifies, candidates down to this rank get a second chance.
     rerank_extended: int = 200
+    # A photo with fewer ORB keypoints than this (a blurred colour field) has nothing to
+    # verify with: when nothing verifies, its shortlist is re-ranked by colour (colour.py).
+    # 0 turns this off.
+    colour_rerank_below: int = 50
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
     default_min_inliers: int = 20
     # Clients
@@ -82,9 +91,11 @@ class Settings:
             raise SettingsError("gallery_blurs and query_rotations/query_crops need at least one view each")
         if any(not 0 < fraction <= 1 for fraction in self.query_crops):
             raise SettingsError(f"query_crops must be fractions in (0, 1], got {self.query_crops}")
-        if self.rerank_candidates < 0 or self.rerank_extended < 0:
-            raise SettingsError(f"rerank_candidates and rerank_extended must be 0 or more, got "
-                                f"{self.rerank_candidates} and {self.rerank_extended}")
+        counts = ("rerank_candidates", "rerank_extended", "vote_candidates", "colour_rerank_below")
+        if any(getattr(self, name) < 0 for name in counts):
+            raise SettingsError(f"{', '.join(counts)} must be 0 or more, got {[getattr(self, n) for n in counts]}")
+        if self.vote_lists_probed <= 0:
+            raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self

@@ -46,3 +46,16 @@ def search_best(index: faiss.Index, views: np.ndarray, k: int, vectors_per_id: i
         if artwork >= 0 and score > best.get(artwork, -np.inf):
             best[artwork] = score
     return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+
+def best_similarities(index: faiss.Index, views: np.ndarray, ids: list[int], vectors_per_id: int) -> list[float]:
+    """For each id, the highest similarity between any query view and any of its vectors.
+    Vectors were added id-major (id i's views at positions i * vectors_per_id + v), which
+    is how the exact index stores them, so they are reconstructed by position."""
+    if not ids:
+        return []
+    stored = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    positions = [i * vectors_per_id + v for i in ids for v in range(vectors_per_id)]
+    vectors = np.stack([stored.reconstruct(p) for p in positions]).reshape(len(ids), vectors_per_id, -1)
+    similarities = np.einsum("qd,ivd->iqv", np.asarray(views, dtype=np.float32), vectors)
+    return similarities.reshape(len(ids), -1).max(axis=1).tolist()

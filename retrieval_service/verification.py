@@ -10,11 +10,13 @@ image instead of 15-50 ms on this CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from whatart.retrieval_service import colour as colour_signature
 
 RATIO = 0.8
 RANSAC_REPROJECTION_PX = 6.0
@@ -31,6 +33,8 @@ class LocalFeatures:
     """float32 [n, 2] keypoint positions"""
     descriptors: np.ndarray | None
     """uint8 [n, 32] ORB descriptors (None when the image has no texture)"""
+    colour: np.ndarray = field(default_factory=lambda: np.zeros(colour_signature.SIGNATURE_SIZE, np.float32))
+    """float32 [6] colour statistics (colour.py), for images with too few keypoints to verify"""
 
     def __len__(self) -> int:
         return len(self.points)
@@ -49,14 +53,15 @@ class FeatureExtractor:
         """Pins how features are extracted: an index whose stored features were extracted
         differently cannot be verified against (the index manifest records this)."""
         return (f"orb n={self.n_features} side={self.max_side} fast={list(FAST_THRESHOLDS)}>={ENOUGH_KEYPOINTS} "
-                f"fill<={FILL_LEVEL}+{FILL_MARGIN_PX}px")
+                f"fill<={FILL_LEVEL}+{FILL_MARGIN_PX}px colour=lab6@{colour_signature.SIDE}")
 
     def extract(self, image: Image.Image) -> LocalFeatures:
-        grey = image.convert("L")
-        scale = self.max_side / max(grey.size)
+        rgb = image.convert("RGB")
+        scale = self.max_side / max(rgb.size)
         if scale < 1:
-            grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR)
-        pixels = np.asarray(grey)
+            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BILINEAR)
+        colours = np.asarray(rgb)
+        pixels = cv2.cvtColor(colours, cv2.COLOR_RGB2GRAY)
         mask = _content_mask(pixels)
         # Low-contrast paintings (minimalism, washes) give few corners at the usual FAST
         # threshold: lower it until there are enough to verify with.
@@ -65,7 +70,8 @@ class FeatureExtractor:
             keypoints, descriptors = detector.detectAndCompute(pixels, mask)
             if len(keypoints) >= ENOUGH_KEYPOINTS:
                 break
-        return LocalFeatures(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors)
+        return LocalFeatures(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors,
+                             colour_signature.signature(colours, mask))
 
 
 FAST_THRESHOLDS = (10, 5, 2)
@@ -103,10 +109,11 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     homography, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
     if homography is None or not _plausible(homography):
         return 0
-    inliers = source[mask.ravel() > 0]
+    inliers = target[mask.ravel() > 0]
     # Inliers strung along a line (a frame edge, a horizon) fit a homography without the
-    # pictures being the same: ask them to cover part of the photo's textured area.
-    if _hull_area(inliers) < MIN_INLIER_COVERAGE * _hull_area(query.points):
+    # pictures being the same: ask them to cover part of the candidate's textured area.
+    # (The candidate's, not the photo's: a photo's keypoints also cover its wall and frame.)
+    if _hull_area(inliers) < MIN_INLIER_COVERAGE * _hull_area(candidate.points):
         return 0
     return len(inliers)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from whatart.retrieval_service.calibration import Calibration
-from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder, list_ready_models
+from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.gallery import Gallery
@@ -68,11 +68,7 @@ async def _open_set(identifier: Identifier, kept: list[Artwork], held_out: list[
 async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n: int, seed: int, index_dir: Path,
                    model: str | None, concurrency: int, calibrate: bool) -> dict:
     source = open_source(source_spec)
-    if model is None:
-        ready = await list_ready_models(settings.triton_url)
-        if len(ready) != 1:
-            raise EncoderUnavailable(f"Triton serves {len(ready)} ready models ({', '.join(ready) or 'none'}): name one with --model")
-        model = ready[0]
+    model = await resolve_model(settings.triton_url, model)
     encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
     served = await encoder.served_model()
     measured: dict[str, dict] = {}
@@ -80,7 +76,8 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
         "switches": {"gallery_blurs": settings.gallery_blurs, "query_rotations": settings.query_rotations,
                      "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates,
-                     "rerank_extended": settings.rerank_extended},
+                     "rerank_extended": settings.rerank_extended, "vote_candidates": settings.vote_candidates,
+                     "colour_rerank_below": settings.colour_rerank_below},
         "protocols": measured,
     }
     try:
