@@ -136,9 +136,9 @@ class Identifier:
 
         Stops at an unmistakable match (STRONG_MATCH x the threshold), leaving the rest in
         their order. When nothing in the `voted` candidates and the first `rerank_candidates`
-        of the global ranking verifies, the next ones up to `rerank_extended` get a second
-        chance: a blurred or strongly rotated photo can rank its painting a few hundred
-        places down while local features still find it."""
+        of the global ranking verifies (reaches `rerank_min_inliers`), the next ones up to
+        `rerank_extended` get a second chance: a blurred or strongly rotated photo can rank
+        its painting a few hundred places down while local features still find it."""
         settings = self.settings
         if not candidates:
             return candidates
@@ -148,7 +148,7 @@ class Identifier:
         depth = max(first, voted + settings.rerank_extended) if settings.rerank_candidates else first
         verified: list[Candidate] = []
         for position, candidate in enumerate(candidates[:depth]):
-            if position == first and any((c.inliers or 0) >= threshold for c in verified):
+            if position == first and any((c.inliers or 0) >= settings.rerank_min_inliers for c in verified):
                 break
             inliers = count_inliers(query, self.gallery.local_features(candidate.row_id))
             verified.append(Candidate(candidate.artwork, candidate.row_id, candidate.score, inliers))
@@ -157,7 +157,7 @@ class Identifier:
         rest = candidates[len(verified):]
         if not settings.rerank_candidates:  # global ranking; the top match was verified for the confidence
             return verified + rest
-        return rerank(verified + rest, threshold)
+        return rerank(verified + rest, settings.rerank_min_inliers)
 
     def _candidates(self, photo: Image.Image, views: np.ndarray, ranked: list[tuple[Artwork, float, int]]) -> list[Candidate]:
         query = self.extractor.extract(photo)
@@ -171,13 +171,15 @@ class Identifier:
         return candidates
 
     def _verified(self, candidates: list[Candidate]) -> bool:
-        return bool(candidates) and (candidates[0].inliers or 0) >= self.calibration.min_inliers
+        return bool(candidates) and (candidates[0].inliers or 0) >= self.settings.rerank_min_inliers
 
     def _by_colour(self, query: LocalFeatures, candidates: list[Candidate]) -> list[Candidate]:
-        """The shortlist ordered by colour signature (nearest first): for photos with too
-        little texture to verify, whose embeddings rank many similar canvases alike."""
-        distances = colour.distances(query.colour, self.gallery.colours([c.row_id for c in candidates]))
-        return [candidates[i] for i in np.argsort(distances, kind="stable")]
+        """The shortlist ordered by colour signature and global similarity together: for
+        photos with too little texture to verify, whose embeddings rank many similar
+        canvases alike."""
+        keys = colour.ranking_keys(query.colour, self.gallery.colours([c.row_id for c in candidates]),
+                                   np.array([c.score for c in candidates]))
+        return [candidates[i] for i in np.argsort(keys, kind="stable")]
 
     async def identify(self, data: bytes, k: int) -> Identification:
         settings = self.settings

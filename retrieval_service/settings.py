@@ -59,6 +59,10 @@ class Settings:
     rerank_candidates: int = 50
     # ...and, when none of those verifies, candidates down to this rank get a second chance.
     rerank_extended: int = 200
+    # Verified candidates with at least this many inliers go first, most inliers first;
+    # separate from the calibrated "in the gallery" threshold, which is set for the open set
+    # and can be higher than what tells the painting apart within a shortlist.
+    rerank_min_inliers: int = 10
     # A photo with fewer ORB keypoints than this (a blurred colour field) has nothing to
     # verify with: when nothing verifies, its shortlist is re-ranked by colour (colour.py).
     # 0 turns this off.
@@ -91,7 +95,7 @@ class Settings:
             raise SettingsError("gallery_blurs and query_rotations/query_crops need at least one view each")
         if any(not 0 < fraction <= 1 for fraction in self.query_crops):
             raise SettingsError(f"query_crops must be fractions in (0, 1], got {self.query_crops}")
-        counts = ("rerank_candidates", "rerank_extended", "vote_candidates", "colour_rerank_below")
+        counts = ("rerank_candidates", "rerank_extended", "rerank_min_inliers", "vote_candidates", "colour_rerank_below")
         if any(getattr(self, name) < 0 for name in counts):
             raise SettingsError(f"{', '.join(counts)} must be 0 or more, got {[getattr(self, n) for n in counts]}")
         if self.vote_lists_probed <= 0:

@@ -81,4 +81,4 @@ def test_blurred_blank_canvases_are_told_apart_by_colour(canvas_index: Path, tri
     with_colour = asyncio.run(_top1(canvas_index, triton, Settings()))
     without = asyncio.run(_top1(canvas_index, triton, Settings(colour_rerank_below=0)))
     assert with_colour == expected
-    assert sum(a == b for a, b in zip(without, expected)) < len(TINTS), "the embedding alone confuses some tints"
+    assert sum(a == b for a, b in zip(without, expected, strict=True)) < len(TINTS), "the embedding alone confuses some tints"

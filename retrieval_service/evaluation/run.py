@@ -76,7 +76,8 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
         "switches": {"gallery_blurs": settings.gallery_blurs, "query_rotations": settings.query_rotations,
                      "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates,
-                     "rerank_extended": settings.rerank_extended, "vote_candidates": settings.vote_candidates,
+                     "rerank_extended": settings.rerank_extended, "rerank_min_inliers": settings.rerank_min_inliers,
+                     "vote_candidates": settings.vote_candidates,
                      "colour_rerank_below": settings.colour_rerank_below},
         "protocols": measured,
     }
