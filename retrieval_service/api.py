@@ -1,4 +1,4 @@
-"""The REST API: /health, /v1/identify, /v1/artworks/{id}[/image], /metrics."""
+"""The REST API: /health, /v1/identify, /v1/artworks (search), /v1/artworks/{id}[/image], /metrics."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, T
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
-from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.metadata import MAX_RESULTS, Artwork, ArtworkQuery
 from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,21 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         if found is None:
             raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
         return found
+
+    @app.get("/v1/artworks")
+    async def search_artworks(
+        q: Annotated[str, Query(max_length=200, description="words of the artist or title (prefixes)")] = "",
+        artist: str | None = None,
+        style: str | None = None,
+        genre: str | None = None,
+        year_from: int | None = None,
+        year_to: int | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 20,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        query = ArtworkQuery(q, artist, style, genre, year_from, year_to, limit, offset)
+        total, found = gallery.metadata.search(query)
+        return JSONResponse({"total": total, "limit": limit, "offset": offset, "artworks": [a.public() for a in found]})
 
     @app.get("/v1/artworks/{artwork_id}")
     async def artwork(artwork_id: str) -> JSONResponse:

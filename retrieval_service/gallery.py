@@ -33,7 +33,7 @@ from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_met
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
 METADATA = "metadata.sqlite"

@@ -1,7 +1,12 @@
-"""Artwork metadata in SQLite, keyed by the integer row id that the vector index stores."""
+"""Artwork metadata in SQLite, keyed by the integer row id that the vector index stores.
+
+Searchable: full-text (FTS5) over artist and title, exact filters on artist, style and
+genre (indexed), and a year range on the first year written in the free-text date.
+"""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,9 +38,40 @@ SCHEMA = f"""
 CREATE TABLE artworks (
     row_id INTEGER PRIMARY KEY,
     {', '.join(f'{name} TEXT NOT NULL' for name in COLUMNS)},
+    year INTEGER,
     UNIQUE (id)
 );
+CREATE INDEX artworks_artist ON artworks (artist);
+CREATE INDEX artworks_style ON artworks (style);
+CREATE INDEX artworks_genre ON artworks (genre);
+CREATE INDEX artworks_year ON artworks (year);
+CREATE VIRTUAL TABLE artworks_text USING fts5 (artist, title, content='artworks', content_rowid='row_id');
 """
+
+YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
+WORD = re.compile(r"\w+")
+MAX_RESULTS = 100
+
+
+def year_of(date: str) -> int | None:
+    """The first 3- or 4-digit number of a free-text date ("c. 1865-1870" -> 1865)."""
+    found = YEAR.search(date)
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class ArtworkQuery:
+    """A metadata search: every given criterion must hold."""
+
+    text: str = ""
+    """words that must all start a word of the artist or title (case- and accent-insensitive)"""
+    artist: str | None = None
+    style: str | None = None
+    genre: str | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+    limit: int = 20
+    offset: int = 0
 
 
 def write_metadata(path: Path, artworks: Iterable[Artwork]) -> int:
@@ -45,9 +81,10 @@ def write_metadata(path: Path, artworks: Iterable[Artwork]) -> int:
         with connection:
             connection.executescript(SCHEMA)
             connection.executemany(
-                f"INSERT INTO artworks (row_id, {', '.join(COLUMNS)}) VALUES (?{', ?' * len(COLUMNS)})",
-                ((row_id, *(getattr(a, c) for c in COLUMNS)) for row_id, a in enumerate(artworks)),
+                f"INSERT INTO artworks (row_id, {', '.join(COLUMNS)}, year) VALUES (?{', ?' * len(COLUMNS)}, ?)",
+                ((row_id, *(getattr(a, c) for c in COLUMNS), year_of(a.date)) for row_id, a in enumerate(artworks)),
             )
+            connection.execute("INSERT INTO artworks_text (artworks_text) VALUES ('rebuild')")
         return connection.execute("SELECT COUNT(*) FROM artworks").fetchone()[0]
     finally:
         connection.close()
@@ -82,6 +119,34 @@ class MetadataStore:
         """The row id (the vector index's id) of an artwork."""
         row = self._connection.execute("SELECT row_id FROM artworks WHERE id = ?", (artwork_id,)).fetchone()
         return row[0] if row else None
+
+    def search(self, query: ArtworkQuery) -> tuple[int, list[Artwork]]:
+        """(how many artworks match, the page `query.limit` / `query.offset` of them),
+        in gallery order."""
+        conditions, parameters = [], []
+        words = WORD.findall(query.text)
+        if words:
+            # each word quoted as a prefix term: user text never reaches FTS5's query syntax
+            conditions.append("row_id IN (SELECT rowid FROM artworks_text WHERE artworks_text MATCH ?)")
+            parameters.append(" ".join(f'"{word}"*' for word in words))
+        for column in ("artist", "style", "genre"):
+            value = getattr(query, column)
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                parameters.append(value)
+        if query.year_from is not None:
+            conditions.append("year >= ?")
+            parameters.append(query.year_from)
+        if query.year_to is not None:
+            conditions.append("year <= ?")
+            parameters.append(query.year_to)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        total = self._connection.execute(f"SELECT COUNT(*) FROM artworks {where}", parameters).fetchone()[0]
+        rows = self._connection.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM artworks {where} ORDER BY row_id LIMIT ? OFFSET ?",
+            [*parameters, query.limit, query.offset],
+        ).fetchall()
+        return total, [Artwork(*row) for row in rows]
 
     def close(self) -> None:
         self._connection.close()

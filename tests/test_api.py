@@ -114,3 +114,17 @@ def test_request_ids_are_echoed_and_metrics_exposed(http: httpx.Client, harveste
     assert 'whatart_identify_requests_total{outcome="ok"}' in metrics
     assert 'whatart_stage_seconds_bucket{le="0.001",stage="triton"}' in metrics
     assert "whatart_gallery_artworks 174.0" in metrics
+
+
+def test_artworks_are_searchable_by_text_and_filters(http: httpx.Client) -> None:
+    body = http.get("/v1/artworks", params={"q": "bruegel harvest"}).json()
+    assert body["total"] == 1 and [a["id"] for a in body["artworks"]] == [HARVESTERS]
+    assert "image_path" not in body["artworks"][0]
+    ranged = http.get("/v1/artworks", params={"style": "European Paintings", "year_from": 1560, "year_to": 1570}).json()
+    assert HARVESTERS in [a["id"] for a in ranged["artworks"]]
+    assert all(1560 <= int(a["date"][:4]) <= 1570 for a in ranged["artworks"])
+    everything = http.get("/v1/artworks", params={"limit": 100}).json()
+    assert everything["total"] == 174 and len(everything["artworks"]) == 100
+    for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"year_from": "soon"}):
+        response = http.get("/v1/artworks", params=bad)
+        assert response.status_code == 422 and list(bad)[0] in response.text
