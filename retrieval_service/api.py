@@ -17,6 +17,7 @@ from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, T
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.reloader import GalleryReloader
 from whatart.retrieval_service.metadata import MAX_RESULTS, Artwork, ArtworkQuery
 from whatart.retrieval_service.settings import Settings
 
@@ -32,7 +33,8 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     async def lifespan(app: FastAPI):
         # gRPC aio channels belong to the event loop that creates them: make it here.
         encoder = TritonEncoder(settings.triton_url, served.identity.name, settings.triton_timeout_s)
-        app.state.identifier = Identifier(gallery, encoder, served, settings)
+        app.state.galleries = GalleryReloader(
+            Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.GALLERY_ARTWORKS.set(len(gallery))
         try:
             yield
@@ -63,15 +65,18 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         log.warning("[%s] encoder unavailable: %s", request.state.request_id, error)
         return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S})
 
+    async def current(request: Request) -> Identifier:
+        return await request.app.state.galleries.current()
+
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        identifier: Identifier = request.app.state.identifier
+        identifier = await current(request)
         triton_ready = await identifier.encoder.is_ready()
         body = {
             "status": "ok" if triton_ready else "unavailable",
             "triton": "ready" if triton_ready else f"not ready at {settings.triton_url}",
             "model": served.identity.name,
-            "artworks": len(gallery),
+            "artworks": len(identifier.gallery),
         }
         return JSONResponse(body, status_code=200 if triton_ready else 503)
 
@@ -82,7 +87,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         k_form: Annotated[str | None, Form(alias="k")] = None,
         k_query: Annotated[str | None, Query(alias="k")] = None,
     ) -> JSONResponse:
-        identifier: Identifier = request.app.state.identifier
+        identifier = await current(request)
         k = _parse_k(k_form if k_form is not None else k_query, settings)
         if image is None:
             raise HTTPException(400, "send the image as the multipart form field 'image'")
@@ -111,14 +116,15 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         )
         return JSONResponse(result.to_json())
 
-    def find_artwork(artwork_id: str) -> Artwork:
-        found = gallery.metadata.by_id(artwork_id)
+    async def find_artwork(request: Request, artwork_id: str) -> Artwork:
+        found = (await current(request)).gallery.metadata.by_id(artwork_id)
         if found is None:
             raise HTTPException(404, f"no artwork with id {artwork_id!r} in the gallery")
         return found
 
     @app.get("/v1/artworks")
     async def search_artworks(
+        request: Request,
         q: Annotated[str, Query(max_length=200, description="words of the artist or title (prefixes)")] = "",
         artist: str | None = None,
         style: str | None = None,
@@ -129,17 +135,17 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JSONResponse:
         query = ArtworkQuery(q, artist, style, genre, year_from, year_to, limit, offset)
-        total, found = gallery.metadata.search(query)
+        total, found = (await current(request)).gallery.metadata.search(query)
         return JSONResponse({"total": total, "limit": limit, "offset": offset, "artworks": [a.public() for a in found]})
 
     @app.get("/v1/artworks/{artwork_id}")
-    async def artwork(artwork_id: str) -> JSONResponse:
-        return JSONResponse(find_artwork(artwork_id).public())
+    async def artwork(request: Request, artwork_id: str) -> JSONResponse:
+        return JSONResponse((await find_artwork(request, artwork_id)).public())
 
     @app.get("/v1/artworks/{artwork_id}/image")
-    async def artwork_image(artwork_id: str) -> FileResponse:
+    async def artwork_image(request: Request, artwork_id: str) -> FileResponse:
         # Only paths recorded at ingest are served: a request cannot name a file.
-        path = Path(find_artwork(artwork_id).image_path)
+        path = Path((await find_artwork(request, artwork_id)).image_path)
         if not path.is_file():
             raise HTTPException(404, f"the image of {artwork_id!r} is no longer at its ingest location")
         return FileResponse(path)

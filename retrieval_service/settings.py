@@ -27,6 +27,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     index_dir: Path = Path(".whatart/index")
+    # How often (seconds) the service looks for a newly published index version.
+    reload_check_s: float = 2.0
     default_k: int = 5
     max_k: int = 100
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -86,7 +88,7 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        positive = ["port", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
+        positive = ["port", "reload_check_s", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
                     "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ui_port"]
         for name in positive:
             if getattr(self, name) <= 0:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import free_port, run_cli, triton_and_service
+from tests.helpers import WHATART, free_port, run_cli, stop, triton_and_service, wait_for_http
 
 
 def test_serve_refuses_an_index_built_by_another_model(demo_index: Path, triton: TritonEndpoints, tmp_path: Path) -> None:
@@ -49,3 +51,44 @@ def test_service_reports_triton_outage_and_recovers(
             assert time.monotonic() < deadline, "the service did not notice Triton's return"
             time.sleep(0.5)
         assert http.post("/v1/identify", files=image).status_code == 200
+
+
+def _ingest_csv(paths: list[Path], index: Path, triton: TritonEndpoints, work: Path) -> None:
+    rows = [f"art-{i},{path},Artist {i},Title {i},,," for i, path in enumerate(paths)]
+    csv = work / f"gallery-{len(paths)}.csv"
+    csv.write_text("id,file,artist,title,genre,style,date\n" + "\n".join(rows) + "\n")
+    result = run_cli("ingest", str(csv), "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoints, met_images: list[Path], tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    _ingest_csv(met_images[:3], index, triton, tmp_path)
+    port = free_port()
+    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--triton-url", triton.grpc_url],
+                               env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", service)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("/health").json()["artworks"] == 3
+            assert http.get("/v1/artworks/art-4").status_code == 404
+            _ingest_csv(met_images[:5], index, triton, tmp_path)
+            deadline = time.monotonic() + 30
+            while http.get("/health").json()["artworks"] != 5 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert http.get("/health").json()["artworks"] == 5
+            assert http.get("/v1/artworks/art-4").json()["title"] == "Title 4"
+            answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[4].read_bytes())}).json()
+            assert answer["matches"][0]["id"] == "art-4"
+            # a broken version is refused and the one before keeps serving
+            broken = index / "versions" / "broken"
+            shutil.copytree((index / "current").resolve(), broken)
+            (broken / "metadata.sqlite").write_bytes(b"not sqlite")
+            (index / ".current-broken").symlink_to(Path("versions") / "broken")
+            os.replace(index / ".current-broken", index / "current")
+            time.sleep(1.0)
+            assert http.get("/health").json()["artworks"] == 5
+            assert http.get("/v1/artworks/art-4").status_code == 200
+    finally:
+        stop(service)
