@@ -111,6 +111,15 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _remove(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.removal import remove_artworks
+
+    report = remove_artworks(settings.index_dir, args.ids)
+    print(json.dumps({"removed": report.removed, "artworks": report.artworks, "seconds": round(report.seconds, 2),
+                      "index": str(report.version_dir)}))
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.server import serve
 
@@ -213,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which CSV column holds each field, e.g. id=objectid,file=image,artist=maker")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_ingest)
+
+    p = commands.add_parser("remove", help="publish a version of an index without some artworks (nothing re-encoded)")
+    p.add_argument("ids", nargs="+", metavar="ID", help="artwork ids to remove")
+    p.add_argument("--index", type=Path, dest="index_dir", help="index directory (default: WHATART_INDEX_DIR or .whatart/index)")
+    p.set_defaults(handler=_remove)
 
     p = commands.add_parser("serve", help="serve the REST API over an index")
     p.add_argument("--index", type=Path, dest="index_dir")

@@ -28,7 +28,8 @@ from torch import nn
 
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import VECTORS, Gallery, GalleryError
+from whatart.retrieval_service.gallery import VECTORS, Gallery
+from whatart.retrieval_service.vector_index import read_index_vectors
 from whatart.retrieval_service.metadata import Artwork, MetadataStore
 from whatart.retrieval_service.model_contract import HEAD_TASKS, ModelIdentity
 
@@ -168,15 +169,6 @@ class TrainingSet:
     vectors: np.ndarray
     row_ids: np.ndarray
     artworks: dict[int, Artwork]
-
-
-def read_index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, row ids) of an IndexIDMap over a flat index; ids repeat where an artwork
-    has several vectors."""
-    if not hasattr(index, "id_map"):
-        raise GalleryError(f"cannot read vectors back from a {type(index).__name__} index; rebuild it with `whatart ingest`")
-    flat = faiss.downcast_index(index.index)
-    return flat.reconstruct_n(0, flat.ntotal), faiss.vector_to_array(index.id_map)
 
 
 def _lookup(store: MetadataStore, row_ids: Iterable[int]) -> dict[int, Artwork]:

@@ -109,6 +109,11 @@ class MetadataStore:
         ).fetchall()
         return {row[0]: Artwork(*row[1:]) for row in rows}
 
+    def in_row_order(self) -> list[Artwork]:
+        """Every artwork; item i has row id i."""
+        rows = self._connection.execute(f"SELECT {', '.join(COLUMNS)} FROM artworks ORDER BY row_id").fetchall()
+        return [Artwork(*row) for row in rows]
+
     def by_id(self, artwork_id: str) -> Artwork | None:
         row = self._connection.execute(
             f"SELECT {', '.join(COLUMNS)} FROM artworks WHERE id = ?", (artwork_id,)

@@ -8,6 +8,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from whatart.retrieval_service.errors import WhatartError
+
 log = logging.getLogger(__name__)
 
 
@@ -59,3 +61,12 @@ def best_similarities(index: faiss.Index, views: np.ndarray, ids: list[int], vec
     vectors = np.stack([stored.reconstruct(p) for p in positions]).reshape(len(ids), vectors_per_id, -1)
     similarities = np.einsum("qd,ivd->iqv", np.asarray(views, dtype=np.float32), vectors)
     return similarities.reshape(len(ids), -1).max(axis=1).tolist()
+
+
+def read_index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, ids) of an IndexIDMap over a flat index, in insertion order; ids repeat
+    where an artwork has several vectors."""
+    if not hasattr(index, "id_map"):
+        raise WhatartError(f"cannot read vectors back from a {type(index).__name__} index; rebuild it with `whatart ingest`")
+    flat = faiss.downcast_index(index.index)
+    return flat.reconstruct_n(0, flat.ntotal), faiss.vector_to_array(index.id_map)

@@ -13,6 +13,8 @@ import httpx
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import WHATART, free_port, run_cli, stop, triton_and_service, wait_for_http
+from whatart.retrieval_service.calibration import Calibration
+from whatart.retrieval_service.gallery import Gallery
 
 
 def test_serve_refuses_an_index_built_by_another_model(demo_index: Path, triton: TritonEndpoints, tmp_path: Path) -> None:
@@ -90,5 +92,39 @@ def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoi
             time.sleep(1.0)
             assert http.get("/health").json()["artworks"] == 5
             assert http.get("/v1/artworks/art-4").status_code == 200
+    finally:
+        stop(service)
+
+
+def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
+    triton: TritonEndpoints, met_images: list[Path], tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    _ingest_csv(met_images[:5], index, triton, tmp_path)
+    Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
+    port = free_port()
+    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--triton-url", triton.grpc_url],
+                               env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", service)
+        refused = run_cli("remove", "art-1", "nope", "--index", str(index))
+        assert refused.returncode == 2 and "not in the gallery" in refused.stderr and "nope" in refused.stderr
+        result = run_cli("remove", "art-1", "art-3", "--index", str(index))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["artworks"] == 3
+        with httpx.Client(base_url=url, timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while http.get("/health").json()["artworks"] != 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert http.get("/health").json()["artworks"] == 3
+            assert http.get("/v1/artworks/art-1").status_code == 404
+            for kept in (0, 2, 4):
+                answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[kept].read_bytes())}).json()
+                assert answer["matches"][0]["id"] == f"art-{kept}" and answer["in_gallery"]
+        gallery = Gallery.load(index)
+        assert [a.id for a in gallery.metadata.in_row_order()] == ["art-0", "art-2", "art-4"]
+        assert Calibration.load(gallery.directory, 20).min_inliers == 13, "the calibration is carried over"
+        gallery.close()
     finally:
         stop(service)
