@@ -37,7 +37,8 @@ class IdentityMismatch(WhatartError):
 
 def _views(artwork: Artwork, row: int, copy: int, size: int, crops: tuple[float, ...]) -> np.ndarray:
     with Image.open(artwork.image_path) as image:
-        photo = Image.open(io.BytesIO(make_query("photo", image, COPY_SEED + copy, row)))
+        data = make_query("photo", image, COPY_SEED + copy, row)
+    with Image.open(io.BytesIO(data)) as photo:
         return query_views(photo.convert("RGB"), size, (), crops)
 
 

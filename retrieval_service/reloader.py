@@ -50,6 +50,8 @@ class GalleryReloader:
             self._refused = target
             log.error("not switching to %s, still serving %s: %s", target, old.gallery.directory, error)
             return
+        # The old gallery is not closed here: requests may still be using it. Its SQLite
+        # connection and memory maps are released when the last of them lets go of it.
         self.identifier = Identifier(gallery, old.encoder, old.served, old.settings)
         metrics.GALLERY_ARTWORKS.set(len(gallery))
         log.info("now serving %s (%d artworks, was %d), loaded in %.2f s",

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -63,9 +65,9 @@ def _ingest_csv(paths: list[Path], index: Path, triton: TritonEndpoints, work: P
     assert result.returncode == 0, result.stderr
 
 
-def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoints, met_images: list[Path], tmp_path: Path) -> None:
-    index = tmp_path / "index"
-    _ingest_csv(met_images[:3], index, triton, tmp_path)
+@contextmanager
+def _reloading_service(index: Path, triton: TritonEndpoints) -> Iterator[httpx.Client]:
+    """`whatart serve` over `index`, looking for new index versions every 0.2 s."""
     port = free_port()
     service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--triton-url", triton.grpc_url],
                                env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
@@ -73,27 +75,39 @@ def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoi
     try:
         wait_for_http(f"{url}/health", service)
         with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.get("/health").json()["artworks"] == 3
-            assert http.get("/v1/artworks/art-4").status_code == 404
-            _ingest_csv(met_images[:5], index, triton, tmp_path)
-            deadline = time.monotonic() + 30
-            while http.get("/health").json()["artworks"] != 5 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert http.get("/health").json()["artworks"] == 5
-            assert http.get("/v1/artworks/art-4").json()["title"] == "Title 4"
-            answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[4].read_bytes())}).json()
-            assert answer["matches"][0]["id"] == "art-4"
-            # a broken version is refused and the one before keeps serving
-            broken = index / "versions" / "broken"
-            shutil.copytree((index / "current").resolve(), broken)
-            (broken / "metadata.sqlite").write_bytes(b"not sqlite")
-            (index / ".current-broken").symlink_to(Path("versions") / "broken")
-            os.replace(index / ".current-broken", index / "current")
-            time.sleep(1.0)
-            assert http.get("/health").json()["artworks"] == 5
-            assert http.get("/v1/artworks/art-4").status_code == 200
+            yield http
     finally:
         stop(service)
+
+
+def _artworks_served(http: httpx.Client, expected: int, timeout_s: float = 30) -> int:
+    """The gallery size /health reports, once it is `expected` or `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while (served := http.get("/health").json()["artworks"]) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return served
+
+
+def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoints, met_images: list[Path], tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    _ingest_csv(met_images[:3], index, triton, tmp_path)
+    with _reloading_service(index, triton) as http:
+        assert http.get("/health").json()["artworks"] == 3
+        assert http.get("/v1/artworks/art-4").status_code == 404
+        _ingest_csv(met_images[:5], index, triton, tmp_path)
+        assert _artworks_served(http, 5) == 5
+        assert http.get("/v1/artworks/art-4").json()["title"] == "Title 4"
+        answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[4].read_bytes())}).json()
+        assert answer["matches"][0]["id"] == "art-4"
+        # a broken version is refused and the one before keeps serving
+        broken = index / "versions" / "broken"
+        shutil.copytree((index / "current").resolve(), broken)
+        (broken / "metadata.sqlite").write_bytes(b"not sqlite")
+        (index / ".current-broken").symlink_to(Path("versions") / "broken")
+        os.replace(index / ".current-broken", index / "current")
+        time.sleep(1.0)
+        assert http.get("/health").json()["artworks"] == 5
+        assert http.get("/v1/artworks/art-4").status_code == 200
 
 
 def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
@@ -102,29 +116,18 @@ def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
     index = tmp_path / "index"
     _ingest_csv(met_images[:5], index, triton, tmp_path)
     Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
-    port = free_port()
-    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--triton-url", triton.grpc_url],
-                               env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", service)
+    with _reloading_service(index, triton) as http:
         refused = run_cli("remove", "art-1", "nope", "--index", str(index))
         assert refused.returncode == 2 and "not in the gallery" in refused.stderr and "nope" in refused.stderr
         result = run_cli("remove", "art-1", "art-3", "--index", str(index))
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["artworks"] == 3
-        with httpx.Client(base_url=url, timeout=30) as http:
-            deadline = time.monotonic() + 30
-            while http.get("/health").json()["artworks"] != 3 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert http.get("/health").json()["artworks"] == 3
-            assert http.get("/v1/artworks/art-1").status_code == 404
-            for kept in (0, 2, 4):
-                answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[kept].read_bytes())}).json()
-                assert answer["matches"][0]["id"] == f"art-{kept}" and answer["in_gallery"]
-        gallery = Gallery.load(index)
-        assert [a.id for a in gallery.metadata.in_row_order()] == ["art-0", "art-2", "art-4"]
-        assert Calibration.load(gallery.directory, 20).min_inliers == 13, "the calibration is carried over"
-        gallery.close()
-    finally:
-        stop(service)
+        assert _artworks_served(http, 3) == 3
+        assert http.get("/v1/artworks/art-1").status_code == 404
+        for kept in (0, 2, 4):
+            answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[kept].read_bytes())}).json()
+            assert answer["matches"][0]["id"] == f"art-{kept}" and answer["in_gallery"]
+    gallery = Gallery.load(index)
+    assert [a.id for a in gallery.metadata.in_row_order()] == ["art-0", "art-2", "art-4"]
+    assert Calibration.load(gallery.directory, 20).min_inliers == 13, "the calibration is carried over"
+    gallery.close()
