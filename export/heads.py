@@ -21,15 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import faiss
 import numpy as np
 import torch
 from torch import nn
 
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import VECTORS, Gallery
-from whatart.retrieval_service.vector_index import read_index_vectors
+from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.metadata import Artwork, MetadataStore
 from whatart.retrieval_service.model_contract import HEAD_TASKS, ModelIdentity
 
@@ -183,8 +181,9 @@ def load_training_set(index_dir: Path) -> tuple[ModelIdentity, TrainingSet]:
     """The index's identity and its L2-normalised vectors (what the exported graph feeds the heads)."""
     gallery = Gallery.load(index_dir)  # verifies checksums and counts
     try:
-        # read again from the file: the gallery's own copy may live on a GPU
-        vectors, row_ids = read_index_vectors(faiss.read_index(str(gallery.directory / VECTORS)))
+        stored = np.asarray(gallery.embeddings, dtype=np.float32)  # [artworks, views, dim]
+        vectors = stored.reshape(-1, stored.shape[2])
+        row_ids = np.repeat(np.arange(len(stored)), stored.shape[1])
         artworks = _lookup(gallery.metadata, (int(i) for i in np.unique(row_ids)))
     finally:
         gallery.close()

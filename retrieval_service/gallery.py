@@ -3,8 +3,9 @@
 Layout of an index directory::
 
     <index_dir>/current -> versions/<stamp>     (symlink, swapped atomically)
-    <index_dir>/versions/<stamp>/manifest.json  (model identity, count, file checksums)
-                                 vectors.faiss    (one vector per artwork and gallery view)
+    <index_dir>/versions/<stamp>/manifest.json  (model identity, count, index report, file checksums)
+                                 vectors.faiss    (the search index: one vector per artwork and gallery view)
+                                 embeddings.npy   (the same vectors exactly, float16, mmapped)
                                  metadata.sqlite
                                  features_*.npy   (local features for verification, mmapped)
                                  votes.faiss      (every local descriptor, for the vote shortlist)
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,9 +35,11 @@ from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_met
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
+# [artworks, views, dim] float16: exact similarities of candidates, and add/remove without re-encoding
+EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.sqlite"
 # Local features of every artwork, concatenated; offsets[i]:offsets[i + 1] are row i's.
 FEATURE_OFFSETS = "features_offsets.npy"
@@ -44,8 +48,10 @@ FEATURE_DESCRIPTORS = "features_descriptors.npy"
 FEATURE_COLOURS = "features_colours.npy"
 VOTES = "votes.faiss"
 DESCRIPTOR_BYTES = 32
-DATA_FILES = (VECTORS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS, FEATURE_COLOURS, VOTES)
+DATA_FILES = (VECTORS, EMBEDDINGS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS, FEATURE_COLOURS, VOTES)
 VERSIONS_KEPT = 2
+CARRIED_FILES = ("calibration.json",)
+"""Files a changed gallery inherits from the version it changes (calibration.CALIBRATION_FILE)."""
 
 
 class GalleryError(WhatartError):
@@ -62,9 +68,15 @@ class Manifest:
     local_features: str
     """How the stored local features were extracted (FeatureExtractor.description)."""
     source: str
+    index: dict
+    """The index's plan (vector_index.IndexPlan) and build report (vector_index.IndexReport)."""
     created_at: str
     files: dict[str, str]
     """file name -> sha256"""
+
+    @property
+    def index_plan(self) -> vector_index.IndexPlan:
+        return vector_index.IndexPlan(**self.index["plan"])
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "model": asdict(self.model)}, indent=2)
@@ -92,10 +104,17 @@ def publish(
     features_description: str,
     gallery_blurs: tuple[float, ...],
     source: str,
+    plan: vector_index.IndexPlan | None = None,
+    trained: faiss.Index | None = None,
+    carried_files: tuple[Path, ...] = (),
 ) -> Path:
     """Write a new gallery version and make it current in one atomic step.
 
-    `vectors` is [n_artworks, n_views, dim]: one embedding per artwork and gallery view."""
+    `vectors` is [n_artworks, n_views, dim]: one embedding per artwork and gallery view.
+    `plan`: the vector index to build (default: exact search). `trained`: an index of the
+    previous version whose trained parts (PCA, IVF lists) are reused, so a changed gallery is
+    published without training again. `carried_files` (e.g. the calibration) are copied into
+    the new version before it becomes current."""
     if vectors.ndim != 3 or vectors.shape[:2] != (len(artworks), len(gallery_blurs)) or vectors.shape[2] != identity.dim:
         raise ValueError(
             f"vectors of shape {vectors.shape} do not fit {len(artworks)} artworks x {len(gallery_blurs)} views "
@@ -108,7 +127,16 @@ def publish(
     staging = versions / f".{stamp}.partial"
     staging.mkdir()
     ids = np.repeat(np.arange(len(artworks)), len(gallery_blurs))
-    vector_index.save_index(vector_index.build_index(vectors.reshape(-1, identity.dim), ids), staging / VECTORS)
+    flat = vectors.reshape(-1, identity.dim)
+    plan = plan or vector_index.IndexPlan(vector_index.EXACT, identity.dim)
+    if trained is None:
+        index, report = vector_index.build_and_measure(flat, ids, plan)
+    else:
+        index, report = vector_index.refill_and_measure(trained, flat, ids, plan)
+    vector_index.save_index(index, staging / VECTORS)
+    np.save(staging / EMBEDDINGS, vectors.astype(np.float16))
+    for carried in carried_files:
+        shutil.copyfile(carried, staging / carried.name)
     count = write_metadata(staging / METADATA, artworks)
     _write_features(staging, features)
     manifest = Manifest(
@@ -118,6 +146,7 @@ def publish(
         gallery_blurs=list(gallery_blurs),
         local_features=features_description,
         source=source,
+        index={"plan": asdict(plan), "report": report.to_dict()},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         files={name: _sha256(staging / name) for name in DATA_FILES},
     )
@@ -132,20 +161,50 @@ def publish(
     return final
 
 
-def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
+def republish(current: Gallery, artworks: list[Artwork], vectors: np.ndarray, features: list[LocalFeatures]) -> Path:
+    """Publish changed contents of `current` (after an add or a remove) with its model, views,
+    source and calibration, into its index's trained structure (read again from the file: the
+    loaded copy may live on a GPU), so nothing is encoded or trained again."""
+    manifest = current.manifest
+    trained = vector_index.read_index(current.directory / VECTORS)
+    carried = tuple(p for p in (current.directory / name for name in CARRIED_FILES) if p.exists())
+    return publish(current.directory.parent.parent, manifest.model, artworks, vectors, features, manifest.local_features,
+                   tuple(manifest.gallery_blurs), manifest.source, manifest.index_plan, trained, carried)
+
+
+PACKED_FEATURES = ("offsets", "points", "descriptors", "colours")
+
+
+def pack_features(features: list[LocalFeatures]) -> dict[str, np.ndarray]:
+    """Many artworks' local features as four arrays (offsets[i]:offsets[i + 1] are row i's),
+    the layout of the index files and of ingest checkpoints."""
     offsets = np.zeros(len(features) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(f) for f in features])
-    points = np.concatenate([f.points for f in features] or [np.empty((0, 2))]).astype(np.float32)
-    descriptors = np.concatenate(
-        [f.descriptors if f.descriptors is not None else np.empty((0, DESCRIPTOR_BYTES), np.uint8) for f in features]
-        or [np.empty((0, DESCRIPTOR_BYTES), np.uint8)]
-    )
-    np.save(directory / FEATURE_OFFSETS, offsets)
-    np.save(directory / FEATURE_POINTS, points)
-    np.save(directory / FEATURE_DESCRIPTORS, descriptors)
-    np.save(directory / FEATURE_COLOURS, np.array([f.colour for f in features], np.float32).reshape(len(features), -1))
-    owners = np.repeat(np.arange(len(features)), np.diff(offsets))
-    feature_votes.save(feature_votes.build(descriptors, owners), directory / VOTES)
+    empty = np.empty((0, DESCRIPTOR_BYTES), np.uint8)
+    return {
+        "offsets": offsets,
+        "points": np.concatenate([f.points for f in features] or [np.empty((0, 2))]).astype(np.float32),
+        "descriptors": np.concatenate([f.descriptors if f.descriptors is not None else empty for f in features] or [empty]),
+        "colours": np.array([f.colour for f in features], np.float32).reshape(len(features), -1),
+    }
+
+
+def unpack_features(packed: Mapping[str, np.ndarray]) -> list[LocalFeatures]:
+    offsets = packed["offsets"]
+    return [
+        LocalFeatures(packed["points"][start:end], packed["descriptors"][start:end] if end > start else None, packed["colours"][row])
+        for row, (start, end) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
+    ]
+
+
+def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
+    packed = pack_features(features)
+    np.save(directory / FEATURE_OFFSETS, packed["offsets"])
+    np.save(directory / FEATURE_POINTS, packed["points"])
+    np.save(directory / FEATURE_DESCRIPTORS, packed["descriptors"])
+    np.save(directory / FEATURE_COLOURS, packed["colours"])
+    owners = np.repeat(np.arange(len(features)), np.diff(packed["offsets"]))
+    feature_votes.save(feature_votes.build(packed["descriptors"], owners), directory / VOTES)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -184,6 +243,8 @@ class Gallery:
         self._descriptors = np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r")
         self._colours = np.load(directory / FEATURE_COLOURS)
         self._votes = feature_votes.load(directory / VOTES)
+        self.embeddings = np.load(directory / EMBEDDINGS, mmap_mode="r")
+        """float16 [artworks, views, dim], memory-mapped."""
 
     @classmethod
     def load(cls, index_dir: Path) -> Gallery:
@@ -207,13 +268,15 @@ class Gallery:
             path = directory / name
             if not path.exists() or _sha256(path) != expected:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
-        gallery = cls(directory, manifest, vector_index.load_index(directory / VECTORS), MetadataStore(directory / METADATA))
+        index = vector_index.load_index(directory / VECTORS, manifest.index_plan)
+        gallery = cls(directory, manifest, index, MetadataStore(directory / METADATA))
         counts = {
             "manifest": manifest.count,
             "vectors per view": gallery.index.ntotal / len(manifest.gallery_blurs),
             "metadata": gallery.metadata.count(),
             "local features": len(gallery._offsets) - 1,
             "colours": len(gallery._colours),
+            "embeddings": len(gallery.embeddings),
         }
         if len(set(counts.values())) != 1:
             gallery.close()
@@ -233,7 +296,10 @@ class Gallery:
     def similarities(self, views: np.ndarray, row_ids: list[int]) -> list[float]:
         """Each artwork's best cosine similarity over the query's and its own views (for
         candidates that came from elsewhere than the global search)."""
-        return vector_index.best_similarities(self.index, views, row_ids, len(self.manifest.gallery_blurs))
+        if not row_ids:
+            return []
+        stored = np.asarray(self.embeddings[np.asarray(row_ids)], dtype=np.float32)  # [ids, views, dim]
+        return np.einsum("qd,ivd->iqv", np.asarray(views, dtype=np.float32), stored).reshape(len(row_ids), -1).max(axis=1).tolist()
 
     def vote(self, descriptors: np.ndarray | None, n: int, lists_probed: int) -> list[tuple[Artwork, int, int]]:
         """The n artworks the photo's local descriptors voted for most: (artwork, votes, row id)."""
@@ -249,6 +315,14 @@ class Gallery:
         start, end = int(self._offsets[row_id]), int(self._offsets[row_id + 1])
         descriptors = np.asarray(self._descriptors[start:end]) if end > start else None
         return LocalFeatures(np.asarray(self._points[start:end]), descriptors, self._colours[row_id])
+
+    def contents(self) -> tuple[list[Artwork], np.ndarray, list[LocalFeatures]]:
+        """Everything needed to publish this gallery again (changed): artworks in row order,
+        float32 embeddings [artworks, views, dim], local features."""
+        artworks = self.metadata.in_row_order()
+        packed = {"offsets": self._offsets, "points": np.asarray(self._points), "descriptors": np.asarray(self._descriptors),
+                  "colours": self._colours}
+        return artworks, np.asarray(self.embeddings, dtype=np.float32), unpack_features(packed)
 
     def close(self) -> None:
         self.metadata.close()

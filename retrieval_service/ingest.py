@@ -1,32 +1,53 @@
 """`whatart ingest`: encode a gallery source through Triton and publish it as an index.
 
-Decoding runs in a thread pool and many small requests are kept in flight, so Triton's
-dynamic batcher always has a queue to form large batches from.
+The source is consumed as a stream, a checkpoint's worth of artworks at a time: each
+checkpoint is decoded in a thread pool, encoded with many small requests in flight (so
+Triton's dynamic batcher always has a queue to form large batches from) and written to the
+work folder as one file, atomically. A killed run (even `kill -9`) loses at most the
+checkpoints in flight: the rerun reads the finished ones, skips their artworks and goes on,
+so no artwork is lost or encoded twice. The index is published (atomically) at the end and
+the work folder removed.
+
+`add=True` (`whatart ingest --add`) encodes only the works the current index lacks and
+publishes current + new into the current index's trained structure. Works whose sharp
+embedding is nearly identical to another's are reported as likely duplicates, not merged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from whatart.retrieval_service import gallery
-from whatart.retrieval_service.encoder import TritonEncoder
+from whatart.retrieval_service.duplicates import Duplicate, find_duplicates
+from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
 from whatart.retrieval_service.images import ImageError, decode_image
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.sources import GallerySource
 from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures
 from whatart.retrieval_service.views import gallery_views
 
 log = logging.getLogger(__name__)
+
+WORK_FOLDER = "ingest-work"
+CHUNKS_IN_FLIGHT = 2
+"""Checkpoints encoded at once: the next one's requests fill Triton's queue while the
+previous one's last requests finish, and memory stays bounded."""
 
 
 @dataclass
@@ -34,19 +55,23 @@ class IngestReport:
     source: str
     model: str
     count: int
+    """Artworks in the published gallery."""
+    encoded: int
+    """Artworks encoded by this run (the rest came from checkpoints or, with --add, the current index)."""
     seconds: float
     version_dir: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(artwork id, reason) for images that could not be read."""
+    """(artwork id, reason) for images that could not be read or fetched."""
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
 class _Chunk:
-    """One batch of artworks on its way through decode, Triton and feature extraction."""
+    """One checkpoint's artworks on their way through decode, Triton and feature extraction."""
 
     artworks: list[Artwork] = field(default_factory=list)
     pixels: list[np.ndarray] = field(default_factory=list)
@@ -78,38 +103,89 @@ def current_gallery(
         return None
     manifest = found.manifest
     if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features) == (
-        identity, source.name, len(source.artworks), gallery_blurs, FeatureExtractor().description
+        identity, source.name, source.total, gallery_blurs, FeatureExtractor().description
     ):
         return found
     found.close()
     return None
 
 
-async def ingest(
-    source: GallerySource,
-    index_dir: Path,
-    encoder: TritonEncoder,
-    batch_size: int,
-    concurrency: int,
-    max_pixels: int,
-    gallery_blurs: tuple[float, ...],
-    show_progress: bool = True,
-) -> IngestReport:
-    """Encode every artwork under each gallery view and publish the result."""
-    started = time.perf_counter()
-    served = await encoder.served_model()
-    size = served.input_size
-    loop = asyncio.get_running_loop()
-    slots = asyncio.Semaphore(concurrency)
-    progress = tqdm(total=len(source.artworks), unit="img", desc=f"ingest {source.name}", disable=not show_progress)
+class Checkpoints:
+    """The work folder of one ingest: `chunk-<n>.npz` files, each complete or absent."""
 
-    extractor = FeatureExtractor()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        for partial in directory.glob("*.tmp.npz"):
+            partial.unlink()
 
-    def prepare_chunk(artworks: list[Artwork]) -> _Chunk:
+    @classmethod
+    def for_run(cls, index_dir: Path, identity: ModelIdentity, source: GallerySource, blurs: tuple[float, ...], add: bool) -> Checkpoints:
+        """A run's folder is keyed by what determines its contents, so a rerun with other
+        settings does not mix its artworks with stale ones."""
+        key = json.dumps([asdict(identity), source.name, list(blurs), FeatureExtractor().description, add], sort_keys=True)
+        return cls(index_dir / WORK_FOLDER / hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    def paths(self) -> list[Path]:
+        return sorted(self.directory.glob("chunk-*[0-9].npz"))
+
+    def write(self, number: int, chunk: _Chunk) -> None:
+        target = self.directory / f"chunk-{number:08d}.npz"
+        temporary = self.directory / f"chunk-{number:08d}.tmp.npz"
+        with temporary.open("wb") as handle:
+            np.savez(
+                handle,
+                vectors=chunk.vectors,
+                artworks=np.array(json.dumps([asdict(a) for a in chunk.artworks])),
+                skipped=np.array(json.dumps(chunk.skipped)),
+                **gallery.pack_features(chunk.features),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def read(self) -> Iterator[_Chunk]:
+        for path in self.paths():
+            with np.load(path) as data:
+                yield _Chunk(
+                    artworks=[Artwork(**a) for a in json.loads(str(data["artworks"]))],
+                    # each NpzFile lookup reads the array again: read every array once
+                    features=gallery.unpack_features({name: data[name] for name in gallery.PACKED_FEATURES}),
+                    vectors=data["vectors"],
+                    skipped=[tuple(s) for s in json.loads(str(data["skipped"]))],
+                )
+
+    def done_ids(self) -> set[str]:
+        return {artwork_id for chunk in self.read() for artwork_id in [a.id for a in chunk.artworks] + [s[0] for s in chunk.skipped]}
+
+    def next_number(self) -> int:
+        paths = self.paths()
+        return int(paths[-1].stem.split("-")[1]) + 1 if paths else 0
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _batches(artworks: Iterable[Artwork], size: int) -> Iterator[list[Artwork]]:
+    iterator = iter(artworks)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class _Encoder:
+    """Decode + local features in threads, embeddings through Triton, for one checkpoint."""
+
+    def __init__(self, encoder: TritonEncoder, served: ServedModel, settings: Settings, pool: ThreadPoolExecutor) -> None:
+        self.encoder, self.served, self.settings, self.pool = encoder, served, settings, pool
+        self.extractor = FeatureExtractor()
+        self.slots = asyncio.Semaphore(settings.ingest_concurrency)
+
+    def _prepare_batch(self, artworks: list[Artwork]) -> _Chunk:
         chunk = _Chunk()
         for artwork in artworks:
             try:
-                views, features = _prepare(artwork, size, max_pixels, gallery_blurs, extractor)
+                views, features = _prepare(artwork, self.served.input_size, self.settings.max_image_pixels,
+                                           self.settings.gallery_blurs, self.extractor)
             except ImageError as error:
                 chunk.skipped.append((artwork.id, str(error)))
                 continue
@@ -118,36 +194,144 @@ async def ingest(
             chunk.features.append(features)
         return chunk
 
-    async def encode_chunk(artworks: list[Artwork], pool: ThreadPoolExecutor) -> _Chunk:
-        async with slots:
-            chunk = await loop.run_in_executor(pool, prepare_chunk, artworks)
-            shape = (len(chunk.artworks), len(gallery_blurs), served.identity.dim)
-            chunk.vectors = (await encoder.encode(np.stack(chunk.pixels))).reshape(shape) if chunk.pixels else np.empty(shape)
-            chunk.pixels = []  # free them: only vectors are kept
-        progress.update(len(artworks))
+    async def _encode_batch(self, artworks: list[Artwork]) -> _Chunk:
+        async with self.slots:
+            chunk = await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_batch, artworks)
+            shape = (len(chunk.artworks), len(self.settings.gallery_blurs), self.served.identity.dim)
+            encoded = await self.encoder.encode(np.stack(chunk.pixels)) if chunk.pixels else np.empty(shape)
+            chunk.vectors, chunk.pixels = encoded.reshape(shape).astype(np.float32), []
         return chunk
 
-    batches = [source.artworks[i : i + batch_size] for i in range(0, len(source.artworks), batch_size)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        try:
-            chunks = await asyncio.gather(*(encode_chunk(batch, pool) for batch in batches))
-        finally:
-            progress.close()
-    artworks = [a for chunk in chunks for a in chunk.artworks]
-    skipped = [s for chunk in chunks for s in chunk.skipped]
-    if not artworks:
-        raise ImageError(f"none of the {len(source.artworks)} images of {source.name} could be read")
-    vectors = np.concatenate([chunk.vectors for chunk in chunks]).astype(np.float32)
-    features = [f for chunk in chunks for f in chunk.features]
-    version_dir = await asyncio.to_thread(
-        gallery.publish, index_dir, served.identity, artworks, vectors, features, extractor.description, gallery_blurs,
-        source.name,
-    )
-    report = IngestReport(source.name, served.identity.name, len(artworks), time.perf_counter() - started, version_dir, skipped)
-    for artwork_id, reason in skipped:
-        log.warning("skipped %s: %s", artwork_id, reason)
-    log.info(
-        "ingested %d artworks from %s with %s in %.1f s (%.1f img/s), %d skipped; published %s",
-        report.count, source.name, report.model, report.seconds, report.images_per_second, len(skipped), version_dir,
-    )
+    async def encode(self, artworks: list[Artwork]) -> _Chunk:
+        parts = await asyncio.gather(*(self._encode_batch(b) for b in _batches(artworks, self.settings.ingest_batch_size)))
+        return _Chunk(
+            artworks=[a for p in parts for a in p.artworks],
+            features=[f for p in parts for f in p.features],
+            vectors=np.concatenate([p.vectors for p in parts]),
+            skipped=[s for p in parts for s in p.skipped],
+        )
+
+
+async def ingest(
+    source: GallerySource, index_dir: Path, encoder: TritonEncoder, settings: Settings, add: bool = False, show_progress: bool = True
+) -> IngestReport:
+    """Encode the source's artworks (only the new ones with `add`), checkpointing as it
+    goes, and publish the gallery."""
+    started = time.perf_counter()
+    served = await encoder.served_model()
+    current = _current_for_add(index_dir, served, settings) if add else None
+    try:
+        in_gallery = set() if current is None else {a.id for a in current.metadata.in_row_order()}
+        checkpoints = Checkpoints.for_run(index_dir, served.identity, source, settings.gallery_blurs, add)
+        done = checkpoints.done_ids()
+        if done:
+            log.info("resuming: %d artworks already encoded in %s", len(done), checkpoints.directory)
+        listed: set[str] = set()
+
+        def pending() -> Iterator[Artwork]:
+            for artwork in source.artworks:
+                listed.add(artwork.id)
+                if artwork.id not in done and artwork.id not in in_gallery:
+                    yield artwork
+
+        encoded = await _encode_pending(pending(), source, checkpoints, encoder, served, settings, len(done) + len(in_gallery),
+                                        show_progress)
+        chunks = list(checkpoints.read())
+        new = [a for c in chunks for a in c.artworks]
+        # checkpointed works the source no longer lists are dropped, as are works a published
+        # --add already holds (a rerun after a kill between publishing and clearing the checkpoints)
+        fresh = [i for i, a in enumerate(new) if a.id in listed and a.id not in in_gallery]
+        skipped = [s for c in chunks for s in c.skipped if s[0] in listed] + source.failures
+        empty = np.empty((0, len(settings.gallery_blurs), served.identity.dim), np.float32)
+        vectors = np.concatenate([c.vectors for c in chunks])[fresh] if chunks else empty
+        features = [f for c in chunks for f in c.features]
+        new, features = [new[i] for i in fresh], [features[i] for i in fresh]
+        if current is not None:
+            if not new:
+                raise ImageError(f"{source.name} has no artwork that the gallery at {index_dir} lacks (nothing was added)")
+            old_artworks, old_vectors, old_features = current.contents()
+            duplicates = find_duplicates(old_vectors[:, 0], vectors[:, 0], [a.id for a in old_artworks], [a.id for a in new],
+                                         settings.duplicate_similarity)
+            version_dir = await asyncio.to_thread(gallery.republish, current, old_artworks + new,
+                                                  np.concatenate([old_vectors, vectors]), old_features + features)
+            count = len(old_artworks) + len(new)
+        else:
+            if not new:
+                raise ImageError(f"none of the images of {source.name} could be read")
+            duplicates = find_duplicates(np.empty((0, vectors.shape[2]), np.float32), vectors[:, 0], [], [a.id for a in new],
+                                         settings.duplicate_similarity)
+            plan = settings.index_plan(len(new) * len(settings.gallery_blurs), served.identity.dim)
+            version_dir = await asyncio.to_thread(
+                gallery.publish, index_dir, served.identity, new, vectors, features, FeatureExtractor().description,
+                settings.gallery_blurs, source.name, plan,
+            )
+            count = len(new)
+    finally:
+        if current is not None:
+            current.close()
+    checkpoints.remove()
+    report = IngestReport(source.name, served.identity.name, count, encoded, time.perf_counter() - started, version_dir,
+                          skipped, duplicates)
+    _log_report(report)
     return report
+
+
+def _current_for_add(index_dir: Path, served: ServedModel, settings: Settings) -> gallery.Gallery:
+    """The gallery to add to, refused when its model or views differ from this run's."""
+    current = gallery.Gallery.load(index_dir)
+    manifest = current.manifest
+    if manifest.model != served.identity or tuple(manifest.gallery_blurs) != settings.gallery_blurs:
+        current.close()
+        raise gallery.GalleryError(
+            f"cannot add to {index_dir}: it was built with {manifest.model.name} and views {manifest.gallery_blurs}, "
+            f"this run encodes with {served.identity.name} and views {list(settings.gallery_blurs)}; ingest without --add to rebuild"
+        )
+    return current
+
+
+async def _encode_pending(
+    pending: Iterable[Artwork], source: GallerySource, checkpoints: Checkpoints, encoder: TritonEncoder, served: ServedModel,
+    settings: Settings, already: int, show_progress: bool,
+) -> int:
+    """Encode `pending` checkpoint by checkpoint (a few in flight); the number encoded."""
+    progress = tqdm(total=source.total, initial=min(already, source.total or already), unit="img", desc=f"ingest {source.name}",
+                    disable=not show_progress, smoothing=0.1)
+    number, encoded = checkpoints.next_number(), 0
+    in_flight: set[asyncio.Task] = set()
+
+    async def run_one(chunk_number: int, artworks: list[Artwork]) -> int:
+        chunk = await work.encode(artworks)
+        await asyncio.to_thread(checkpoints.write, chunk_number, chunk)
+        progress.update(len(artworks))
+        return len(chunk.artworks)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        work = _Encoder(encoder, served, settings, pool)
+        try:
+            batches = _batches(pending, settings.ingest_checkpoint_every)
+            # the source is read in a thread: a remote one blocks while it fetches images
+            while (artworks := await asyncio.to_thread(next, batches, None)) is not None:
+                if len(in_flight) >= CHUNKS_IN_FLIGHT:
+                    finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    encoded += sum(task.result() for task in finished)
+                in_flight.add(asyncio.create_task(run_one(number, artworks)))
+                number += 1
+            encoded += sum(await asyncio.gather(*in_flight))
+        finally:
+            for task in in_flight:
+                task.cancel()
+            progress.close()
+    return encoded
+
+
+def _log_report(report: IngestReport) -> None:
+    for artwork_id, reason in report.skipped:
+        log.warning("skipped %s: %s", artwork_id, reason)
+    for duplicate in report.duplicates:
+        log.warning("likely duplicate: %s looks like %s (similarity %.3f); both kept", duplicate.new_id, duplicate.existing_id,
+                    duplicate.similarity)
+    log.info(
+        "published %d artworks from %s with %s in %.1f s (%d encoded, %.1f img/s), %d skipped, %d likely duplicates: %s",
+        report.count, report.source, report.model, report.seconds, report.encoded, report.images_per_second,
+        len(report.skipped), len(report.duplicates), report.version_dir,
+    )

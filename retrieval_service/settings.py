@@ -13,8 +13,10 @@ from pathlib import Path
 from collections.abc import Mapping
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.vector_index import IndexPlan, plan_index
 
 ENV_PREFIX = "WHATART_"
+INDEX_KINDS = ("auto", "exact", "ivf")
 
 
 class SettingsError(WhatartError, ValueError):
@@ -45,6 +47,17 @@ class Settings:
     # server-side batches from many small concurrent requests).
     ingest_batch_size: int = 4
     ingest_concurrency: int = 8
+    # Encoded artworks are checkpointed this often, so a killed ingest resumes from there.
+    ingest_checkpoint_every: int = 256
+    # A new work at least this similar (cosine, sharp views) to another is reported as a
+    # likely duplicate (ingest keeps both: merging is the curator's decision).
+    duplicate_similarity: float = 0.97
+    # Vector index (vector_index.py): "auto" picks exact search while it fits the memory
+    # budget and has at most index_exact_max_vectors vectors, else a compressed IVF sized
+    # to the budget; "exact" or "ivf" force one.
+    index_kind: str = "auto"
+    index_memory_mb: float = 1024.0
+    index_exact_max_vectors: int = 300_000
     # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs).
     # Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is indexed under.
     gallery_blurs: tuple[float, ...] = (0.0, 1.5, 3.0)
@@ -89,7 +102,8 @@ class Settings:
 
     def validated(self) -> Settings:
         positive = ["port", "reload_check_s", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
-                    "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ui_port"]
+                    "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ingest_checkpoint_every", "ui_port",
+                    "index_memory_mb", "index_exact_max_vectors"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -102,9 +116,16 @@ class Settings:
             raise SettingsError(f"{', '.join(counts)} must be 0 or more, got {[getattr(self, n) for n in counts]}")
         if self.vote_lists_probed <= 0:
             raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
+        if self.index_kind not in INDEX_KINDS:
+            raise SettingsError(f"index_kind must be one of {', '.join(INDEX_KINDS)}, got {self.index_kind!r}")
+        if not 0 < self.duplicate_similarity <= 1:
+            raise SettingsError(f"duplicate_similarity must be in (0, 1], got {self.duplicate_similarity}")
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
+
+    def index_plan(self, n_vectors: int, dim: int) -> IndexPlan:
+        return plan_index(n_vectors, dim, self.index_memory_mb, self.index_exact_max_vectors, self.index_kind)
 
     def override(self, **changes: object) -> Settings:
         """A copy with the CLI flags that were given (None means 'not given')."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import run_cli
+from tests.helpers import WHATART, abstract_painting, run_cli
 from whatart.retrieval_service.gallery import Gallery
 
 
@@ -54,3 +58,61 @@ def test_ingest_names_a_bad_column_mapping_before_contacting_triton(tmp_path: Pa
     result = run_cli("ingest", str(tmp_path / "export.csv"), "--index", str(tmp_path / "index"), "--columns", "painter=maker")
     assert result.returncode == 2
     assert "unknown field 'painter'" in result.stderr and "id, file, artist" in result.stderr
+
+
+def _generated_gallery(directory: Path, count: int) -> Path:
+    """`count` distinct generated paintings and their CSV."""
+    directory.mkdir()
+    rows = []
+    for i in range(count):
+        (directory / f"{i}.jpg").write_bytes(abstract_painting(i))
+        rows.append(f"gen-{i},{i}.jpg,Painter {i % 7},Work {i},,,")
+    csv = directory / "gallery.csv"
+    csv.write_text("id,file,artist,title,genre,style,date\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+def test_a_killed_ingest_resumes_with_nothing_lost_or_twice(triton: TritonEndpoints, tmp_path: Path) -> None:
+    csv = _generated_gallery(tmp_path / "gallery", 160)
+    index = tmp_path / "index"
+    command = [WHATART, "ingest", str(csv), "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress"]
+    env = {**os.environ, "WHATART_INGEST_CHECKPOINT_EVERY": "8"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) < 6:
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it could be killed"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (index / "current").exists(), "nothing is published before the end"
+    checkpointed = len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz")))
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["artworks"] == 160 and report["skipped"] == []
+    assert report["encoded"] <= 160 - 8 * checkpointed, "checkpointed works are not encoded again"
+    gallery = Gallery.load(index)
+    ids = [a.id for a in gallery.metadata.in_row_order()]
+    assert len(ids) == len(set(ids)) == 160 and set(ids) == {f"gen-{i}" for i in range(160)}
+    assert gallery.index.ntotal == 160 * len(gallery.manifest.gallery_blurs)
+    gallery.close()
+    assert not list((index / "ingest-work").iterdir()), "the work folder is cleared after publishing"
+
+
+def test_the_index_kind_is_planned_by_size_and_its_recall_stored(triton: TritonEndpoints, tmp_path: Path) -> None:
+    csv = _generated_gallery(tmp_path / "gallery", 120)
+    index = tmp_path / "index"
+    # 120 works x 3 views under a 1.5 MB budget: exact vectors (1.8 MB) do not fit, so an IVF is built
+    result = run_cli("ingest", str(csv), "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress",
+                     "--index-memory-mb", "1.5")
+    assert result.returncode == 0, result.stderr
+    gallery = Gallery.load(index)
+    stored = gallery.manifest.index
+    assert stored["plan"]["kind"] == "ivf" and stored["report"]["factory"].startswith("UPCA")
+    assert 0.5 <= stored["report"]["recall_at_1"] <= 1.0 and stored["report"]["recall_queries"] == 360
+    assert stored["report"]["bytes"] < 1.5 * 2**20
+    gallery.close()
+    too_small = run_cli("ingest", str(csv), "--index", str(tmp_path / "other"), "--triton-url", triton.grpc_url,
+                        "--no-progress", "--index-memory-mb", "0.01")
+    assert too_small.returncode == 2 and "raise the memory budget" in too_small.stderr

@@ -131,3 +131,30 @@ def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
     assert [a.id for a in gallery.metadata.in_row_order()] == ["art-0", "art-2", "art-4"]
     assert Calibration.load(gallery.directory, 20).min_inliers == 13, "the calibration is carried over"
     gallery.close()
+
+
+def test_add_puts_new_works_into_a_live_service_and_reports_duplicates(
+    triton: TritonEndpoints, met_images: list[Path], tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    _ingest_csv(met_images[:3], index, triton, tmp_path)
+    Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
+    rows = [f"art-{i},{path},Artist {i},Title {i},,," for i, path in enumerate(met_images[:5])]
+    rows.append(f"art-copy,{met_images[0]},Someone,A second record of art-0,,,")
+    csv = tmp_path / "more.csv"
+    csv.write_text("id,file,artist,title,genre,style,date\n" + "\n".join(rows) + "\n")
+    with _reloading_service(index, triton) as http:
+        result = run_cli("ingest", str(csv), "--add", "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["artworks"] == 6 and report["encoded"] == 3, "only the works the index lacked are encoded"
+        assert [(d["new_id"], d["existing_id"]) for d in report["likely_duplicates"]] == [("art-copy", "art-0")]
+        assert _artworks_served(http, 6) == 6
+        answer = http.post("/v1/identify", files={"image": ("p.jpg", met_images[4].read_bytes())}).json()
+        assert answer["matches"][0]["id"] == "art-4"
+        again = run_cli("ingest", str(csv), "--add", "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress")
+        assert again.returncode == 2 and "nothing was added" in again.stderr
+    gallery = Gallery.load(index)
+    assert sorted(a.id for a in gallery.metadata.in_row_order()) == sorted([f"art-{i}" for i in range(5)] + ["art-copy"])
+    assert Calibration.load(gallery.directory, 20).min_inliers == 13, "the calibration is carried over"
+    gallery.close()

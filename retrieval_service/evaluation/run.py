@@ -30,8 +30,7 @@ async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: Trito
     if reusable is not None:
         log.info("reusing the index at %s", index_dir)
         return reusable
-    await ingest(source, index_dir, encoder, settings.ingest_batch_size, settings.ingest_concurrency,
-                 settings.max_image_pixels, settings.gallery_blurs)
+    await ingest(source, index_dir, encoder, settings)
     return Gallery.load(index_dir)
 
 
