@@ -236,16 +236,8 @@ async def ingest(
 
         encoded = await _encode_pending(pending(), source, checkpoints, encoder, served, settings, len(done) + len(in_gallery),
                                         show_progress)
-        chunks = list(checkpoints.read())
-        new = [a for c in chunks for a in c.artworks]
-        # checkpointed works the source no longer lists are dropped, as are works a published
-        # --add already holds (a rerun after a kill between publishing and clearing the checkpoints)
-        fresh = [i for i, a in enumerate(new) if a.id in listed and a.id not in in_gallery]
-        skipped = [s for c in chunks for s in c.skipped if s[0] in listed] + source.failures
-        empty = np.empty((0, len(settings.gallery_blurs), served.identity.dim), np.float32)
-        vectors = np.concatenate([c.vectors for c in chunks])[fresh] if chunks else empty
-        features = [f for c in chunks for f in c.features]
-        new, features = [new[i] for i in fresh], [features[i] for i in fresh]
+        new, vectors, features, skipped = _collect(checkpoints, listed, in_gallery, (len(settings.gallery_blurs), served.identity.dim))
+        skipped += source.failures
         if current is not None:
             if not new:
                 raise ImageError(f"{source.name} has no artwork that the gallery at {index_dir} lacks (nothing was added)")
@@ -274,6 +266,21 @@ async def ingest(
                           skipped, duplicates)
     _log_report(report)
     return report
+
+
+def _collect(
+    checkpoints: Checkpoints, listed: set[str], in_gallery: set[str], vector_shape: tuple[int, int]
+) -> tuple[list[Artwork], np.ndarray, list[LocalFeatures], list[tuple[str, str]]]:
+    """Artworks, vectors, features and skipped images of every checkpoint. Works the source
+    no longer lists are dropped, as are works a published --add already holds (a rerun after
+    a kill between publishing and clearing the checkpoints)."""
+    chunks = list(checkpoints.read())
+    artworks = [a for c in chunks for a in c.artworks]
+    fresh = [i for i, a in enumerate(artworks) if a.id in listed and a.id not in in_gallery]
+    vectors = np.concatenate([c.vectors for c in chunks])[fresh] if chunks else np.empty((0, *vector_shape), np.float32)
+    features = [f for c in chunks for f in c.features]
+    skipped = [s for c in chunks for s in c.skipped if s[0] in listed]
+    return [artworks[i] for i in fresh], vectors, [features[i] for i in fresh], skipped
 
 
 def _current_for_add(index_dir: Path, served: ServedModel, settings: Settings) -> gallery.Gallery:
