@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.whatart-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser proto clean
 
 ## install: .venv with the runtime, Triton (CPU build), export, UI and test extras
 install: $(INSTALLED)
@@ -31,6 +31,10 @@ demo: install
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+## proto: regenerate the gRPC stubs from retrieval_service/grpc_api/whatart.proto
+proto: install
+	$(BIN)/python -m whatart.retrieval_service.grpc_api.generate
 
 clean:
 	rm -rf .whatart model_repository/*/

@@ -260,10 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, dest="index_dir", help="index directory (default: WHATART_INDEX_DIR or .whatart/index)")
     p.set_defaults(handler=_remove)
 
-    p = commands.add_parser("serve", help="serve the REST API over an index")
+    p = commands.add_parser("serve", help="serve the REST API (and gRPC) over an index")
     p.add_argument("--index", type=Path, dest="index_dir")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC API port (default 50051)")
     p.add_argument("--triton-url")
     p.set_defaults(handler=_serve)
 
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SETTING_FLAGS = (
-    "model_repository", "index_dir", "rerank_candidates", "host", "port", "triton_url", "ingest_batch_size",
+    "model_repository", "index_dir", "rerank_candidates", "host", "port", "grpc_port", "triton_url", "ingest_batch_size",
     "ingest_concurrency", "index_kind", "index_memory_mb", "server_url", "ui_host", "ui_port", "triton_http_port",
     "triton_grpc_port", "triton_metrics_port",
 )

@@ -52,6 +52,7 @@ def _check_ports_free(settings: Settings) -> None:
     the readiness checks would talk to the other process and report success."""
     ports = {
         "WHATART_PORT": (settings.host, settings.port),
+        "WHATART_GRPC_PORT": (settings.host, settings.grpc_port),
         "WHATART_UI_PORT": (settings.ui_host, settings.ui_port),
         "WHATART_TRITON_HTTP_PORT": ("127.0.0.1", settings.triton_http_port),
         "WHATART_TRITON_GRPC_PORT": ("127.0.0.1", settings.triton_grpc_port),
@@ -113,7 +114,8 @@ def run_demo(settings: Settings, index_dir: Path) -> int:
     try:
         triton.start(timeout_s=settings.triton_wait_s)
         _ensure_demo_gallery(settings, exported.identity)
-        service = _start("serve", "--index", str(settings.index_dir), "--host", settings.host, "--port", str(settings.port))
+        service = _start("serve", "--index", str(settings.index_dir), "--host", settings.host, "--port", str(settings.port),
+                         "--grpc-port", str(settings.grpc_port))
         children.append(service)
         service_url = f"http://{settings.host}:{settings.port}"
         _wait_until(f"{service_url}/health", service, "retrieval service")

@@ -1,4 +1,5 @@
-"""The REST API: /health, /v1/identify, /v1/artworks (search), /v1/artworks/{id}[/image], /metrics."""
+"""The REST API: /health, /v1/identify, /v1/artworks (search), /v1/artworks/{id}[/image], /metrics;
+its lifespan also runs the gRPC API (grpc_api) on the same Identifier."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from prometheus_client import make_asgi_app
 from whatart.retrieval_service import metrics
 from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.grpc_api import GrpcServer
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.reloader import GalleryReloader
 from whatart.retrieval_service.metadata import MAX_RESULTS, Artwork, ArtworkQuery
+from whatart.retrieval_service.observed import identify_observed
 from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,9 +39,11 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.GALLERY_ARTWORKS.set(len(gallery))
+        grpc_server = await GrpcServer.start(app.state.galleries, settings)
         try:
             yield
         finally:
+            await grpc_server.stop()
             await encoder.close()
 
     app = FastAPI(title="whatart", version="0.1.0", lifespan=lifespan)
@@ -94,26 +99,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         data = await image.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
-        metrics.IN_FLIGHT.inc()
-        try:
-            result = await identifier.identify(data, k)
-        except ImageError:
-            metrics.IDENTIFY_REQUESTS.labels("bad_image").inc()
-            raise
-        except EncoderUnavailable:
-            metrics.IDENTIFY_REQUESTS.labels("unavailable").inc()
-            raise
-        finally:
-            metrics.IN_FLIGHT.dec()
-        metrics.IDENTIFY_REQUESTS.labels("ok").inc()
-        for stage, ms in result.timings_ms.items():
-            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1e3)
-        top = result.matches[0].artwork.id if result.matches else None
-        log.info(
-            "[%s] identify k=%d top=%s in_gallery=%s confidence=%.3f %s total=%.1fms",
-            request.state.request_id, k, top, result.in_gallery, result.confidence,
-            " ".join(f"{s}={ms:.1f}ms" for s, ms in result.timings_ms.items()), result.took_ms,
-        )
+        result = await identify_observed(identifier, data, k, request.state.request_id, "rest")
         return JSONResponse(result.to_json())
 
     async def find_artwork(request: Request, artwork_id: str) -> Artwork:

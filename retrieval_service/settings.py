@@ -28,6 +28,8 @@ class Settings:
     # Retrieval service (REST)
     host: str = "127.0.0.1"
     port: int = 8080
+    # gRPC API (grpc_api/whatart.proto), same host
+    grpc_port: int = 50051
     index_dir: Path = Path(".whatart/index")
     # How often (seconds) the service looks for a newly published index version.
     reload_check_s: float = 2.0
@@ -101,7 +103,7 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        positive = ["port", "reload_check_s", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
+        positive = ["port", "grpc_port", "reload_check_s", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
                     "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ingest_checkpoint_every", "ui_port",
                     "index_memory_mb", "index_exact_max_vectors"]
         for name in positive:

@@ -66,18 +66,33 @@ def demo_index(triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory
     return index_dir
 
 
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    url: str
+    """REST base URL"""
+    grpc: str
+    """gRPC address host:port"""
+
+
 @pytest.fixture(scope="session")
-def service_url(demo_index: Path, triton: TritonEndpoints) -> str:
-    port = free_port()
+def service(demo_index: Path, triton: TritonEndpoints) -> ServiceEndpoints:
+    """`whatart serve` over the demo gallery: REST and gRPC."""
+    port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
-        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--triton-url", triton.grpc_url],
+        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--grpc-port", str(grpc_port),
+         "--triton-url", triton.grpc_url],
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process)
-        yield url
+        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}")
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def service_url(service: ServiceEndpoints) -> str:
+    return service.url
 
 
 @pytest.fixture(scope="session")

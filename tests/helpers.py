@@ -95,7 +95,8 @@ def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) 
     triton.start()
     port = free_port()
     service = subprocess.Popen(
-        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--triton-url", f"127.0.0.1:{config.grpc_port}"]
+        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(free_port()),
+         "--triton-url", f"127.0.0.1:{config.grpc_port}"]
     )
     try:
         url = f"http://127.0.0.1:{port}"

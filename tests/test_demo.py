@@ -20,7 +20,7 @@ def _port_in_use(port: int) -> bool:
 
 
 def test_demo_serves_the_met_gallery_and_stops_on_ctrl_c(tmp_path: Path, met_images: list[Path]) -> None:
-    ports = {name: free_port() for name in ("PORT", "UI_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+    ports = {name: free_port() for name in ("PORT", "GRPC_PORT", "UI_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
     env = {
         **os.environ,
         **{f"WHATART_{name}": str(port) for name, port in ports.items()},

@@ -69,7 +69,8 @@ def _ingest_csv(paths: list[Path], index: Path, triton: TritonEndpoints, work: P
 def _reloading_service(index: Path, triton: TritonEndpoints) -> Iterator[httpx.Client]:
     """`whatart serve` over `index`, looking for new index versions every 0.2 s."""
     port = free_port()
-    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--triton-url", triton.grpc_url],
+    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--grpc-port", str(free_port()),
+                                "--triton-url", triton.grpc_url],
                                env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
     url = f"http://127.0.0.1:{port}"
     try:

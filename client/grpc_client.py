@@ -1,0 +1,48 @@
+"""A Python client of whatart's gRPC API: answers as the same dicts the REST API returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+from google.protobuf import json_format
+
+from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
+
+
+def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
+    """The REST API's JSON shape (an unverified match's `inliers` is None, as there)."""
+    answer = json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    for match in answer.get("matches", []):
+        match.setdefault("inliers", None)
+    if not response.HasField("error"):
+        answer.pop("error", None)
+    return answer
+
+
+class WhatartGrpcClient:
+    def __init__(self, address: str = "127.0.0.1:50051", timeout_s: float = 60.0) -> None:
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        self.stub = whatart_pb2_grpc.IdentifierStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def identify(self, image: bytes, k: int = 0, request_id: str = "") -> dict:
+        """One answer; a refused request raises grpc.RpcError (its code() and details() say why)."""
+        request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id)
+        return to_dict(self.stub.Identify(request, timeout=self.timeout_s))
+
+    def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0) -> Iterator[dict]:
+        """(request id, image bytes) in, answers out as they are ready (match them by
+        `request_id`); a failed image comes back with `error` set."""
+        requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id) for request_id, image in images)
+        for response in self.stub.IdentifyStream(requests):
+            yield to_dict(response)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> WhatartGrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,143 @@
+"""whatart's gRPC API (whatart.proto): Identify, IdentifyStream, health and reflection.
+
+It runs in the same process and event loop as the REST API (started from its lifespan) and
+answers from the same Identifier, so both APIs give the same results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from whatart.retrieval_service.encoder import EncoderUnavailable
+from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
+from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.observed import identify_observed
+from whatart.retrieval_service.reloader import GalleryReloader
+from whatart.retrieval_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = whatart_pb2.DESCRIPTOR.services_by_name["Identifier"].full_name
+STREAM_IN_FLIGHT = 16
+"""Requests of one IdentifyStream worked on at once (more wait in the stream: back-pressure)."""
+HEALTH_CHECK_S = 2.0
+
+
+class RequestRefused(Exception):
+    """A request the service will not run; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
+    def __init__(self, galleries: GalleryReloader, settings: Settings) -> None:
+        self.galleries, self.settings = galleries, settings
+
+    async def _answer(self, request: whatart_pb2.IdentifyRequest) -> whatart_pb2.IdentifyResponse:
+        """The answer, or RequestRefused with the status and a message that names the problem."""
+        settings = self.settings
+        request_id = request.request_id or uuid.uuid4().hex[:16]
+        k = request.k or settings.default_k
+        if not 1 <= k <= settings.max_k:
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"k must be between 1 and {settings.max_k}, got {request.k}")
+        if len(request.image) > settings.max_upload_bytes:
+            raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"the image is {len(request.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
+        identifier = await self.galleries.current()
+        try:
+            result = await identify_observed(identifier, request.image, k, request_id, "grpc")
+        except ImageError as error:
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        except EncoderUnavailable as error:
+            log.warning("[%s] encoder unavailable: %s", request_id, error)
+            raise RequestRefused(grpc.StatusCode.UNAVAILABLE, "the encoder (Triton) is unavailable; try again shortly") from None
+        return json_format.ParseDict({**result.to_json(), "request_id": request_id}, whatart_pb2.IdentifyResponse())
+
+    async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:
+        try:
+            return await self._answer(request)
+        except RequestRefused as refused:
+            await context.abort(refused.code, str(refused))
+
+    async def IdentifyStream(
+        self, requests: AsyncIterator[whatart_pb2.IdentifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[whatart_pb2.IdentifyResponse]:
+        """Up to STREAM_IN_FLIGHT requests at once; answers leave as they are ready, and a
+        refused request answers with `error` instead of ending the stream."""
+        answers: asyncio.Queue[whatart_pb2.IdentifyResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def one(request: whatart_pb2.IdentifyRequest) -> None:
+            try:
+                answers.put_nowait(await self._answer(request))
+            except RequestRefused as refused:
+                error = whatart_pb2.Error(code=refused.code.value[0], message=str(refused))
+                answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request.request_id, error=error))
+            finally:
+                slots.release()
+
+        async def feed() -> None:
+            running: list[asyncio.Task] = []
+            async for request in requests:
+                await slots.acquire()
+                running.append(asyncio.create_task(one(request)))
+            await asyncio.gather(*running)
+            answers.put_nowait(None)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await feeder
+        finally:
+            feeder.cancel()
+
+
+async def _report_health(galleries: GalleryReloader, servicer: health.aio.HealthServicer) -> None:
+    """SERVING while Triton serves the model, as /health says; checked every HEALTH_CHECK_S."""
+    while True:
+        identifier = await galleries.current()
+        ready = await identifier.encoder.is_ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await servicer.set(name, status)
+        await asyncio.sleep(HEALTH_CHECK_S)
+
+
+class GrpcServer:
+    """The running gRPC server and its health reporter."""
+
+    def __init__(self, server: grpc.aio.Server, health_task: asyncio.Task) -> None:
+        self.server, self.health_task = server, health_task
+
+    @classmethod
+    async def start(cls, galleries: GalleryReloader, settings: Settings) -> GrpcServer:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)])
+        whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(galleries, settings), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{settings.host}:{settings.grpc_port}"
+        taken = f"gRPC cannot listen on {address} (is the port taken?): choose another with WHATART_GRPC_PORT / --grpc-port"
+        try:
+            if server.add_insecure_port(address) == 0:
+                raise OSError(taken)
+        except RuntimeError:
+            raise OSError(taken) from None
+        await server.start()
+        log.info("gRPC on %s (health, reflection)", address)
+        return cls(server, asyncio.create_task(_report_health(galleries, health_servicer)))
+
+    async def stop(self) -> None:
+        self.health_task.cancel()
+        await self.server.stop(grace=1.0)
