@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-EXPECTED_PORTS = {8000, 8001, 8002, 8080, 7860}
+EXPECTED_PORTS = {8000, 8001, 8002, 8080, 50051, 7860}
 WHATART_SERVICES = {"export", "ingest", "service", "ui"}
 
 
