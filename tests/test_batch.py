@@ -1,0 +1,67 @@
+"""`whatart identify --batch` against the session's real service over gRPC: every image
+answered once, failures recorded, and a rerun after a torn write resumes without repeats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.conftest import ServiceEndpoints
+from tests.helpers import json_lines, run_cli
+
+
+def _batch_dir(directory: Path, met_images: list[Path]) -> Path:
+    directory.mkdir()
+    for path in met_images[:8]:
+        shutil.copy(path, directory / path.name)
+    (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (directory / "notes.txt").write_text("not an image: not listed")
+    return directory
+
+
+def _identify_batch(spec: Path, out: Path, service: ServiceEndpoints):
+    return run_cli("identify", "--batch", str(spec), "--out", str(out), "--grpc", service.grpc, "--k", "3", "--no-progress")
+
+
+def test_a_batch_answers_every_image_once_and_resumes(service: ServiceEndpoints, met_images: list[Path], tmp_path: Path) -> None:
+    folder = _batch_dir(tmp_path / "photos", met_images)
+    out = tmp_path / "results.jsonl"
+    first = _identify_batch(folder, out, service)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["files"], report["already_done"], report["answered"], report["failed"]) == (9, 0, 8, 1)
+    lines = json_lines(out.read_text())
+    by_file = {Path(line["file"]).name: line for line in lines}
+    assert len(lines) == len(by_file) == 9
+    assert "damaged or truncated" in by_file["broken.jpg"]["error"]
+    for path in met_images[:8]:
+        answer = by_file[path.name]
+        assert answer["matches"][0]["id"] == f"met-{path.stem}" and len(answer["matches"]) == 3 and answer["in_gallery"]
+
+    # a killed run: the last three answers never written, the one before torn mid-line
+    kept = out.read_text().splitlines(keepends=True)[:5]
+    out.write_text("".join(kept) + kept[-1][:40])
+    second = _identify_batch(folder, out, service)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert (report["already_done"], report["answered"] + report["failed"]) == (5, 4)
+    again = json_lines(out.read_text())
+    assert sorted(line["file"] for line in again) == sorted(line["file"] for line in lines), "each image exactly once"
+
+
+def test_a_batch_reads_a_list_and_refuses_bad_input(service: ServiceEndpoints, met_images: list[Path], tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two paintings\n" + "\n".join(str(p) for p in met_images[:2]) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = _identify_batch(listing, out, service)
+    assert result.returncode == 0, result.stderr
+    assert [line["matches"][0]["id"] for line in json_lines(out.read_text())] == [f"met-{p.stem}" for p in met_images[:2]]
+    missing = _identify_batch(tmp_path / "nowhere", tmp_path / "x.jsonl", service)
+    assert missing.returncode == 2 and "neither a folder of images nor a file listing them" in missing.stderr
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"something": "else"}\n')
+    refused = _identify_batch(listing, foreign, service)
+    assert refused.returncode == 2 and "not a whatart results file" in refused.stderr
+    no_out = run_cli("identify", "--batch", str(listing), "--grpc", service.grpc)
+    assert no_out.returncode == 2 and "needs --out" in no_out.stderr
