@@ -65,6 +65,15 @@ def _ingest_csv(paths: list[Path], index: Path, triton: TritonEndpoints, work: P
     assert result.returncode == 0, result.stderr
 
 
+def _calibrated_index(paths: list[Path], triton: TritonEndpoints, work: Path) -> Path:
+    """An index of `paths` (ids art-0, art-1, ...) with a stored calibration of 13 inliers,
+    which a changed version must carry over."""
+    index = work / "index"
+    _ingest_csv(paths, index, triton, work)
+    Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
+    return index
+
+
 @contextmanager
 def _reloading_service(index: Path, triton: TritonEndpoints) -> Iterator[httpx.Client]:
     """`whatart serve` over `index`, looking for new index versions every 0.2 s."""
@@ -114,9 +123,7 @@ def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoi
 def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
     triton: TritonEndpoints, met_images: list[Path], tmp_path: Path
 ) -> None:
-    index = tmp_path / "index"
-    _ingest_csv(met_images[:5], index, triton, tmp_path)
-    Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
+    index = _calibrated_index(met_images[:5], triton, tmp_path)
     with _reloading_service(index, triton) as http:
         refused = run_cli("remove", "art-1", "nope", "--index", str(index))
         assert refused.returncode == 2 and "not in the gallery" in refused.stderr and "nope" in refused.stderr
@@ -137,9 +144,7 @@ def test_remove_takes_works_out_of_a_live_service_without_re_encoding(
 def test_add_puts_new_works_into_a_live_service_and_reports_duplicates(
     triton: TritonEndpoints, met_images: list[Path], tmp_path: Path
 ) -> None:
-    index = tmp_path / "index"
-    _ingest_csv(met_images[:3], index, triton, tmp_path)
-    Calibration(13, 1.0, -2.0, "test").save((index / "current").resolve())
+    index = _calibrated_index(met_images[:3], triton, tmp_path)
     rows = [f"art-{i},{path},Artist {i},Title {i},,," for i, path in enumerate(met_images[:5])]
     rows.append(f"art-copy,{met_images[0]},Someone,A second record of art-0,,,")
     csv = tmp_path / "more.csv"
