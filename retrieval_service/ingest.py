@@ -156,7 +156,14 @@ class Checkpoints:
                 )
 
     def done_ids(self) -> set[str]:
-        return {artwork_id for chunk in self.read() for artwork_id in [a.id for a in chunk.artworks] + [s[0] for s in chunk.skipped]}
+        """Ids of the checkpointed works, read without loading their vectors and features
+        (an NpzFile reads only the arrays asked for)."""
+        done: set[str] = set()
+        for path in self.paths():
+            with np.load(path) as data:
+                done.update(a["id"] for a in json.loads(str(data["artworks"])))
+                done.update(s[0] for s in json.loads(str(data["skipped"])))
+        return done
 
     def next_number(self) -> int:
         paths = self.paths()

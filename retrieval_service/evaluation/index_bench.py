@@ -12,6 +12,7 @@ that only loads the saved index, so the generation's temporaries do not count.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import tempfile
 import time
 from dataclasses import dataclass
@@ -111,7 +112,15 @@ def measure_latency(index: faiss.Index, plan: vector_index.IndexPlan, queries: n
     results = context.Queue()
     worker = context.Process(target=_latency_worker, args=(str(path), plan, queries, results))
     worker.start()
-    figures = results.get()
+    while worker.is_alive() or not results.empty():
+        try:
+            figures = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            continue
+    else:
+        raise IndexPlanError(f"the latency process died (exit code {worker.exitcode}) loading {path}: out of memory? "
+                             "try a smaller --n or --index-memory-mb")
     worker.join()
     return {**figures, "index_file_mb": round(path.stat().st_size / 2**20, 1)}
 
