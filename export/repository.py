@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from whatart.retrieval_service.settings import SettingsError
 from whatart.retrieval_service.model_contract import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -28,19 +29,44 @@ Flavour = Literal["cpu", "gpu"]
 FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
 
 CPU_MODEL_TEMPLATE = Path(__file__).with_name("triton_cpu_model.py")
+INTRA_OP_THREADS = "intra_op_threads"
+TENSORRT_FP16 = """
+optimization { execution_accelerators { gpu_execution_accelerator: [ {
+  name: "tensorrt"
+  parameters { key: "precision_mode" value: "FP16" }
+  parameters { key: "max_workspace_size_bytes" value: "4294967296" }
+  parameters { key: "trt_engine_cache_enable" value: "1" }
+  parameters { key: "trt_engine_cache_path" value: "/tmp/whatart-trt-engines" }
+} ] } }"""
+"""onnxruntime backend's TensorRT execution accelerator: the first load of each batch
+shape builds an engine (minutes); the cache keeps them across restarts of a container."""
+"""config parameter read by triton_cpu_model.py"""
 
 
 @dataclass(frozen=True)
-class BatchingConfig:
-    """Triton dynamic batching: requests wait up to max_queue_delay_us to be grouped."""
+class ServingConfig:
+    """How Triton runs the model: dynamic batching (requests wait up to max_queue_delay_us
+    to be grouped), the instances that run the batches, and the accelerator."""
 
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     max_queue_delay_us: int = 2000
     instances: int = 1
+    threads_per_instance: int = 0
+    """CPU flavour: onnxruntime intra-op threads of each instance (0: one per core)"""
+    tensorrt_fp16: bool = True
+    """GPU flavour: onnxruntime runs the graph through TensorRT in FP16 (engines cached)"""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0 or self.instances <= 0:
+            raise SettingsError(f"max batch size and instances must be positive, got {self.max_batch_size} and {self.instances}")
+        if self.max_queue_delay_us < 0 or self.threads_per_instance < 0:
+            raise SettingsError(f"queue delay and threads must be 0 or more, got {self.max_queue_delay_us} and {self.threads_per_instance}")
+        if any(size > self.max_batch_size for size in self.preferred_batch_sizes):
+            raise SettingsError(f"preferred batch sizes {self.preferred_batch_sizes} exceed the max batch size {self.max_batch_size}")
 
 
-DEFAULT_BATCHING = BatchingConfig()
+DEFAULT_SERVING = ServingConfig()
 
 
 HeadLabels = Mapping[str, tuple[str, ...]]
@@ -63,40 +89,44 @@ def pbtxt_string(value: str) -> str:
 
 
 def render_config(
-    identity: ModelIdentity, input_size: int, flavour: Flavour, batching: BatchingConfig, heads: HeadLabels | None = None
+    identity: ModelIdentity, input_size: int, flavour: Flavour, serving: ServingConfig, heads: HeadLabels | None = None
 ) -> str:
     """config.pbtxt text for one model; each head adds an output and a parameter with its
     labels as a JSON list (model_contract.head_output_name / head_labels_parameter)."""
     heads = heads or {}
     if flavour == "gpu":
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
+        if serving.tensorrt_fp16:
+            backend += TENSORRT_FP16
         kind = "KIND_GPU"
     else:
         backend = 'backend: "python"'
         kind = "KIND_CPU"
-    labels = {head_labels_parameter(task): json.dumps(list(names), ensure_ascii=False) for task, names in heads.items()}
+    extra = {head_labels_parameter(task): json.dumps(list(names), ensure_ascii=False) for task, names in heads.items()}
+    if flavour == "cpu" and serving.threads_per_instance:
+        extra[INTRA_OP_THREADS] = str(serving.threads_per_instance)
     parameters = "\n".join(
         f"parameters {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}"
-        for key, value in {**identity.to_parameters(), **labels}.items()
+        for key, value in {**identity.to_parameters(), **extra}.items()
     )
     outputs = ",\n".join(
         f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {dim} ] }}'
         for name, dim in [(OUTPUT_NAME, identity.dim), *((head_output_name(t), len(names)) for t, names in heads.items())]
     )
-    preferred = ", ".join(str(size) for size in batching.preferred_batch_sizes)
+    preferred = ", ".join(str(size) for size in serving.preferred_batch_sizes)
     return f"""name: "{identity.name}"
 {backend}
-max_batch_size: {batching.max_batch_size}
+max_batch_size: {serving.max_batch_size}
 input [
   {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ {input_size}, {input_size}, 3 ] }}
 ]
 output [
 {outputs}
 ]
-instance_group [ {{ count: {batching.instances} kind: {kind} }} ]
+instance_group [ {{ count: {serving.instances} kind: {kind} }} ]
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {batching.max_queue_delay_us}
+  max_queue_delay_microseconds: {serving.max_queue_delay_us}
 }}
 {parameters}
 """
@@ -108,7 +138,7 @@ def write_model(
     onnx_path: Path,
     input_size: int,
     flavour: Flavour,
-    batching: BatchingConfig = DEFAULT_BATCHING,
+    serving: ServingConfig = DEFAULT_SERVING,
     heads: HeadLabels | None = None,
 ) -> Path:
     """Install the model under repository/<name>/, replacing any previous version whole:
@@ -123,7 +153,7 @@ def write_model(
     shutil.copyfile(onnx_path, version / "model.onnx")
     if flavour == "cpu":
         shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
-    (staging / "config.pbtxt").write_text(render_config(identity, input_size, flavour, batching, heads))
+    (staging / "config.pbtxt").write_text(render_config(identity, input_size, flavour, serving, heads))
     staging.chmod(0o755)
     if target.exists():
         retired = target.with_name(f".{identity.name}-retired")

@@ -289,9 +289,13 @@ class Gallery:
     def search(self, views: np.ndarray, k: int) -> list[tuple[Artwork, float, int]]:
         """The k artworks most similar to any view of one query (rows of `views`), each with
         its best cosine similarity over all query and gallery views and its row id, best first."""
-        ranked = vector_index.search_best(self.index, views, k, len(self.manifest.gallery_blurs))
-        found = self.metadata.by_row_ids(row_id for row_id, _ in ranked)
-        return [(found[row_id], score, row_id) for row_id, score in ranked]
+        return self.search_many([views], k)[0]
+
+    def search_many(self, queries: list[np.ndarray], k: int) -> list[list[tuple[Artwork, float, int]]]:
+        """`search` for several queries at once: one index search, one metadata lookup."""
+        ranked = vector_index.search_best_many(self.index, queries, k, len(self.manifest.gallery_blurs))
+        found = self.metadata.by_row_ids({row_id for per_query in ranked for row_id, _ in per_query})
+        return [[(found[row_id], score, row_id) for row_id, score in per_query] for per_query in ranked]
 
     def similarities(self, views: np.ndarray, row_ids: list[int]) -> list[float]:
         """Each artwork's best cosine similarity over the query's and its own views (for

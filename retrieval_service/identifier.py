@@ -4,6 +4,10 @@
 2. the gallery is searched with every view; each artwork keeps its best similarity;
 3. the shortlist is re-ranked by geometric verification (ORB + RANSAC inliers), which also
    decides "not in the gallery" and the confidence (see calibration.py).
+
+In "global" mode (settings.identify_mode) only the plain photo is encoded and searched, and
+nothing is verified: the top similarity decides "in the gallery" and is the confidence.
+Searches of concurrent requests are batched (search_batcher.py) in both modes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery, GalleryError
 from whatart.retrieval_service.images import decode_image
 from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.search_batcher import SearchBatcher
 from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures, count_inliers
 from whatart.retrieval_service.views import query_views
@@ -118,6 +123,8 @@ class Identifier:
         self.settings = settings
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
         self.extractor = FeatureExtractor()
+        self.searches = SearchBatcher(gallery)
+        self.global_only = settings.identify_mode == "global"
 
     def _shortlist(self, query: LocalFeatures, views: np.ndarray,
                    ranked: list[tuple[Artwork, float, int]]) -> tuple[list[Candidate], int]:
@@ -181,36 +188,45 @@ class Identifier:
                                    np.array([c.score for c in candidates]))
         return [candidates[i] for i in np.argsort(keys, kind="stable")]
 
+    def _prepare(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """The decoded photo and its views as model inputs. JPEG decoding stops at the size
+        the photo is used at: local features' in verified mode, the model input in global."""
+        settings = self.settings
+        size = self.served.input_size
+        if self.global_only:
+            photo = decode_image(data, settings.max_image_pixels, size)
+            return photo, query_views(photo, size, rotations=(0.0,), crops=())
+        photo = decode_image(data, settings.max_image_pixels, self.extractor.max_side)
+        return photo, query_views(photo, size, settings.query_rotations, settings.query_crops)
+
     async def identify(self, data: bytes, k: int) -> Identification:
         settings = self.settings
         started = time.perf_counter()
-        # JPEG decoding can stop at the size local features are extracted at
-        photo = await asyncio.to_thread(decode_image, data, settings.max_image_pixels, self.extractor.max_side)
-        views = await asyncio.to_thread(
-            query_views, photo, self.served.input_size, settings.query_rotations, settings.query_crops
-        )
+        photo, views = await asyncio.to_thread(self._prepare, data)
         decoded = time.perf_counter()
         tasks = list(self.served.heads)
         embeddings, probabilities = await self.encoder.encode_with_heads(views, tasks)
         encoded = time.perf_counter()
-        depth = max(k, settings.rerank_candidates, settings.rerank_extended)
-        ranked = await asyncio.to_thread(self.gallery.search, embeddings, depth)
+        depth = k if self.global_only else max(k, settings.rerank_candidates, settings.rerank_extended)
+        ranked = await self.searches.search(embeddings, depth)
         searched = time.perf_counter()
-        candidates = await asyncio.to_thread(self._candidates, photo, embeddings, ranked)
-        finished = time.perf_counter()
-        top_inliers = (candidates[0].inliers or 0) if candidates else 0
-        timings = {
-            "decode": decoded - started,
-            "triton": encoded - decoded,
-            "search": searched - encoded,
-            "verify": finished - searched,
-        }
+        timings = {"decode": decoded - started, "triton": encoded - decoded, "search": searched - encoded}
+        if self.global_only:
+            candidates = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
+            top = candidates[0].score if candidates else -1.0
+            in_gallery, confidence = top >= settings.global_min_similarity, min(max(top, 0.0), 1.0)
+        else:
+            candidates = await asyncio.to_thread(self._candidates, photo, embeddings, ranked)
+            timings["verify"] = time.perf_counter() - searched
+            top_inliers = (candidates[0].inliers or 0) if candidates else 0
+            in_gallery = bool(candidates) and self.calibration.in_gallery(top_inliers)
+            confidence = self.calibration.confidence(top_inliers) if candidates else 0.0
         return Identification(
             matches=candidates[:k],
-            in_gallery=bool(candidates) and self.calibration.in_gallery(top_inliers),
-            confidence=self.calibration.confidence(top_inliers) if candidates else 0.0,
+            in_gallery=in_gallery,
+            confidence=confidence,
             model=self.served.identity.name,
-            took_ms=round((finished - started) * 1e3, 2),
+            took_ms=round((time.perf_counter() - started) * 1e3, 2),
             timings_ms={stage: round(seconds * 1e3, 2) for stage, seconds in timings.items()},
             predictions={task: self._predictions(task, probabilities[task]) for task in tasks},
         )
@@ -219,7 +235,7 @@ class Identifier:
         """The head's probabilities averaged over the centre-crop views (all views when there
         are none). Heads learn from bare paintings: on photos, the views that show the most
         wall and rotation fill (rotations of the whole photo) measured worst (README)."""
-        crops = len(self.settings.query_crops)
+        crops = 0 if self.global_only else len(self.settings.query_crops)
         mean = (view_probabilities[-crops:] if crops else view_probabilities).mean(axis=0)
         labels = self.served.heads[task]
         return [Prediction(labels[i], float(mean[i])) for i in np.argsort(-mean)[:TOP_PREDICTIONS]]

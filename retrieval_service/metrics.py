@@ -13,3 +13,8 @@ STAGE_SECONDS = Histogram(
 )
 GALLERY_ARTWORKS = Gauge("whatart_gallery_artworks", "Artworks in the served gallery")
 IN_FLIGHT = Gauge("whatart_identify_in_flight", "Identify requests being processed")
+SEARCH_BATCH_QUERIES = Histogram(
+    "whatart_search_batch_queries",
+    "Queries searched together in one index search (search_batcher.py)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)

@@ -17,6 +17,7 @@ from whatart.retrieval_service.vector_index import IndexPlan, plan_index
 
 ENV_PREFIX = "WHATART_"
 INDEX_KINDS = ("auto", "exact", "ivf")
+IDENTIFY_MODES = ("verified", "global")
 
 
 class SettingsError(WhatartError, ValueError):
@@ -60,6 +61,14 @@ class Settings:
     index_kind: str = "auto"
     index_memory_mb: float = 1024.0
     index_exact_max_vectors: int = 300_000
+    # How /v1/identify and gRPC answer. "verified": the query views below, local-feature
+    # votes and geometric verification (best accuracy on photos, a calibrated "not in the
+    # gallery"). "global": the plain photo only, one embedding and a global search, no
+    # verification (fastest: for gallery-quality images, e.g. cataloguing scans).
+    identify_mode: str = "verified"
+    # "global" mode has no verification: the top match is "in the gallery" when its cosine
+    # similarity reaches this (not calibrated: set it from `whatart evaluate` on your data).
+    global_min_similarity: float = 0.9
     # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs).
     # Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is indexed under.
     gallery_blurs: tuple[float, ...] = (0.0, 1.5, 3.0)
@@ -120,6 +129,10 @@ class Settings:
             raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
         if self.index_kind not in INDEX_KINDS:
             raise SettingsError(f"index_kind must be one of {', '.join(INDEX_KINDS)}, got {self.index_kind!r}")
+        if self.identify_mode not in IDENTIFY_MODES:
+            raise SettingsError(f"identify_mode must be one of {', '.join(IDENTIFY_MODES)}, got {self.identify_mode!r}")
+        if not -1 <= self.global_min_similarity <= 1:
+            raise SettingsError(f"global_min_similarity must be a cosine similarity in [-1, 1], got {self.global_min_similarity}")
         if not 0 < self.duplicate_similarity <= 1:
             raise SettingsError(f"duplicate_similarity must be in (0, 1], got {self.duplicate_similarity}")
         if self.default_k > self.max_k:

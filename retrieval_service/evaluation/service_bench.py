@@ -1,0 +1,127 @@
+"""The running service, measured as clients use it, for `whatart bench throughput`.
+
+The bench starts its own `whatart serve` (a real process, REST + gRPC, on free ports) over
+the given index and Triton, and measures: batch identification through the real `whatart
+identify --batch` path (one gRPC IdentifyStream), the same images over REST with many
+requests in flight, and single-image REST latency one request at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from whatart.client.batch import run_batch
+from whatart.client.grpc_client import WhatartGrpcClient
+from whatart.client.rest_client import WhatartClient
+from whatart.retrieval_service.errors import WhatartError
+
+START_TIMEOUT_S = 180.0
+
+
+class ServiceDidNotStart(WhatartError):
+    """`whatart serve` exited or never became healthy; the message points at its log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    grpc: str
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What a client saw for a set of images."""
+
+    images: int
+    seconds: float
+    latencies_ms: list[float]
+    top_ids: dict[str, str | None]
+    """file -> top match id (None: refused or no match)"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
+    """`whatart serve --mode MODE` on free ports until the block ends; its log goes to a file."""
+    port, grpc_port = _free_port(), _free_port()
+    whatart = str(Path(sys.executable).with_name("whatart"))
+    command = [whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
+               "--port", str(port), "--grpc-port", str(grpc_port)]
+    log_file = Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WHATART_HOST": "127.0.0.1"})
+    service = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+    try:
+        _wait_healthy(service.url, process, log_file)
+        yield service
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log_file: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceDidNotStart(f"`whatart serve` exited with {process.returncode}; its log: {log_file}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServiceDidNotStart(f"`whatart serve` was not healthy within {START_TIMEOUT_S:.0f} s; its log: {log_file}")
+
+
+def grpc_batch(service: Service, files: list[Path]) -> Answers:
+    """`whatart identify --batch` over `files` (one IdentifyStream); latency is each answer's
+    time inside the service (`took_ms`) under that load."""
+    with tempfile.TemporaryDirectory() as scratch, WhatartGrpcClient(service.grpc) as client:
+        out = Path(scratch) / "results.jsonl"
+        report = run_batch(files, out, client, k=5, show_progress=False)
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+    return Answers(
+        images=report.answered + report.failed,
+        seconds=report.seconds,
+        latencies_ms=[line["took_ms"] for line in lines if "took_ms" in line],
+        top_ids={line["file"]: (line["matches"][0]["id"] if line.get("matches") else None) for line in lines},
+    )
+
+
+def rest_requests(service: Service, files: list[Path], in_flight: int) -> Answers:
+    """POST /v1/identify for each file, `in_flight` at a time; latency as the client sees it."""
+    with WhatartClient(service.url) as client:
+        client.identify_file(files[0])  # warm-up: connection, first-request allocations
+
+        def one(path: Path) -> tuple[str, float, str | None]:
+            begun = time.perf_counter()
+            answer = client.identify_file(path, k=5)
+            return str(path), (time.perf_counter() - begun) * 1e3, (answer["matches"][0]["id"] if answer["matches"] else None)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(in_flight) as pool:
+            results = list(pool.map(one, files))
+        seconds = time.perf_counter() - started
+    return Answers(len(files), seconds, [ms for _, ms, _ in results], {path: top for path, _, top in results})

@@ -1,0 +1,150 @@
+"""`whatart bench throughput`: how fast whatart identifies, against the seed-style loop, in one run.
+
+Everything is measured one stage after another in the same process and on the same images,
+so the ratios compare like with like on whatever else the machine was doing:
+1. the seed-style loop (seed_loop.py): sequential decode -> eager torch at batch 1 -> FAISS;
+2. the encoder alone: in-process onnxruntime FP32, then the model Triton serves under
+   concurrent requests; and this CPU's FP32 limit for the model (encoder_bench.py);
+3. the service (service_bench.py): batch identification through `whatart identify --batch`
+   (gRPC IdentifyStream), the same images over REST with many requests in flight, and
+   single-image REST latency on an otherwise idle service.
+The service runs in `--mode global` (one embedding, global search only), which is what the
+seed loop does; its top-1 is reported next to the loop's so a fast wrong answer shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.evaluation import encoder_bench, service_bench
+from whatart.retrieval_service.evaluation.harness import sample
+from whatart.retrieval_service.evaluation.seed_loop import run_seed_loop
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.images import decode_image, to_model_input
+from whatart.retrieval_service.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+class BenchInputError(WhatartError):
+    """The bench cannot run on what it was given; the message says what is missing."""
+
+ENCODER_PIXEL_IMAGES = 64
+TRITON_LOADS = ((1, 16), (8, 8))
+"""(images per request, requests in flight) the encoder is measured under through Triton:
+what the service sends in global mode (one image per identification), and batched clients"""
+ONNXRUNTIME_BATCHES = (1, 16)
+MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class ThroughputRequest:
+    images_csv: str
+    index_dir: Path
+    triton_url: str
+    model: str | None
+    """Triton model; None: the index's"""
+    model_repository: Path
+    fp32_onnx: Path | None
+    """None: the model repository's FP32 sibling of the model, <encoder>/1/model.onnx"""
+    n: int = 2000
+    baseline_n: int = 300
+    single_n: int = 200
+    rest_in_flight: int = 16
+    encoder_seconds: float = 20.0
+    weights: Path | None = None
+    random_seed: int | None = None
+    seed: int = 0
+
+
+def _latency(latencies_ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(latencies_ms, 50)), 1), "p99_ms": round(float(np.percentile(latencies_ms, 99)), 1)}
+
+
+def _answers_figures(answers: service_bench.Answers, expected: dict[str, str]) -> dict[str, object]:
+    correct = sum(answers.top_ids.get(path) == artwork_id for path, artwork_id in expected.items())
+    return {
+        "images": answers.images,
+        "seconds": round(answers.seconds, 2),
+        "images_per_s": round(answers.images / answers.seconds, 1),
+        **_latency(answers.latencies_ms),
+        "top1": round(correct / len(expected), 4),
+    }
+
+
+def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
+    gallery = Gallery.load(request.index_dir)
+    identity = gallery.manifest.model
+    gallery_ids = [artwork.id for artwork in gallery.metadata.in_row_order()]
+    sharp = np.asarray(gallery.embeddings[:, 0, :], dtype=np.float32)
+    gallery.close()
+    model = request.model or identity.name
+    fp32_onnx = request.fp32_onnx or request.model_repository / model.removesuffix("-int8") / "1" / "model.onnx"
+    if not fp32_onnx.is_file():
+        raise BenchInputError(f"no FP32 ONNX model at {fp32_onnx}: export one (`whatart export` without --int8) or pass --fp32-model")
+    known = set(gallery_ids)
+    artworks = [a for a in open_source(request.images_csv).artworks if a.id in known]
+    queries = sample(artworks, request.n, request.seed)
+    paths = [Path(a.image_path) for a in queries]
+    expected = {str(Path(a.image_path)): a.id for a in queries}
+    figures: dict[str, object] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "gallery": {"index": str(request.index_dir), "artworks": len(gallery_ids), "model": identity.name, "dim": identity.dim},
+    }
+
+    log.info("1/3 seed-style loop over %d images", min(request.baseline_n, len(paths)))
+    head = queries[: request.baseline_n]
+    loop = run_seed_loop([Path(a.image_path) for a in head], [a.id for a in head], sharp, gallery_ids,
+                         identity.name.removesuffix("-int8"), request.weights, request.random_seed, identity.weights_sha256)
+    figures["seed_loop"] = {
+        "what": "sequential: PIL decode -> torchvision transforms -> eager torch batch 1 -> FAISS IndexFlatIP k=5 "
+                f"over {len(gallery_ids)} x {identity.dim}",
+        "images": loop.images, "seconds": round(loop.seconds, 2), "images_per_s": round(loop.images / loop.seconds, 1),
+        **_latency(loop.latencies_ms), "top1": round(loop.top1_correct / loop.images, 4),
+    }
+
+    log.info("2/3 encoder alone")
+    size = asyncio.run(encoder_bench.served_input_size(request.triton_url, model))
+    pixels = np.stack([to_model_input(decode_image(p.read_bytes(), MAX_PIXELS), size) for p in paths[:ENCODER_PIXEL_IMAGES]])
+    onnxruntime = [encoder_bench.onnxruntime_rate(fp32_onnx, pixels, batch, request.encoder_seconds)
+                   for batch in ONNXRUNTIME_BATCHES]
+    triton = [asyncio.run(encoder_bench.triton_rate(request.triton_url, model, pixels, batch, in_flight,
+                                                    request.encoder_seconds)) for batch, in_flight in TRITON_LOADS]
+    limit = encoder_bench.fp32_limit(fp32_onnx)
+    best_triton = max(rate.images_per_s for rate in triton)
+    best_fp32 = max(rate.images_per_s for rate in onnxruntime)
+    figures["encoder"] = {
+        "onnxruntime_fp32": [asdict(rate) for rate in onnxruntime],
+        "triton": {"model": model, "loads": [asdict(rate) for rate in triton]},
+        "triton_vs_onnxruntime_fp32": round(best_triton / best_fp32, 2),
+        "fp32_limit": limit.to_dict(),
+        "triton_fraction_of_fp32_limit": round(best_triton / limit.images_per_s, 2),
+        "onnxruntime_fp32_fraction_of_fp32_limit": round(best_fp32 / limit.images_per_s, 2),
+    }
+
+    log.info("3/3 the service (global mode): batch over gRPC, REST in flight, REST one at a time")
+    with service_bench.running_service(request.index_dir, request.triton_url, "global") as service:
+        stream = service_bench.grpc_batch(service, paths)
+        rest = service_bench.rest_requests(service, paths, request.rest_in_flight)
+        single_paths = paths[: request.single_n]
+        single = service_bench.rest_requests(service, single_paths, 1)
+    figures["batch_grpc_stream"] = {"what": "whatart identify --batch (one IdentifyStream); latency = took_ms in the service",
+                                    **_answers_figures(stream, expected)}
+    figures["rest_in_flight"] = {"in_flight": request.rest_in_flight, "what": "POST /v1/identify; latency seen by the client",
+                                 **_answers_figures(rest, expected)}
+    figures["rest_single"] = {"what": "POST /v1/identify one at a time, idle service; latency seen by the client",
+                              **_answers_figures(single, {str(p): expected[str(p)] for p in single_paths})}
+    loop_rate = loop.images / loop.seconds
+    figures["speedup"] = {
+        "batch_vs_seed_loop": round(stream.images / stream.seconds / loop_rate, 2),
+        "grpc_stream_vs_rest_in_flight": round((stream.images / stream.seconds) / (rest.images / rest.seconds), 2),
+    }
+    return figures

