@@ -49,8 +49,8 @@ class ServingConfig:
     to be grouped), the instances that run the batches, and the accelerator."""
 
     max_batch_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+    max_queue_delay_us: int = 500
     instances: int = 1
     threads_per_instance: int = 0
     """CPU flavour: onnxruntime intra-op threads of each instance (0: one per core)"""

@@ -5,7 +5,8 @@
 3. the shortlist is re-ranked by geometric verification (ORB + RANSAC inliers), which also
    decides "not in the gallery" and the confidence (see calibration.py).
 
-In "global" mode (settings.identify_mode) only the plain photo is encoded and searched, and
+In "global" mode (settings.identify_mode) only the plain photo is encoded, searched against
+each artwork's sharpest view (exact indexes; a compressed one searches all views), and
 nothing is verified: the top similarity decides "in the gallery" and is the confidence.
 Searches of concurrent requests are batched (search_batcher.py) in both modes.
 """
@@ -13,6 +14,7 @@ Searches of concurrent requests are batched (search_batcher.py) in both modes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -30,6 +32,8 @@ from whatart.retrieval_service.search_batcher import SearchBatcher
 from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures, count_inliers
 from whatart.retrieval_service.views import query_views
+
+log = logging.getLogger(__name__)
 
 STRONG_MATCH = 3
 """A candidate with this many times the threshold's inliers ends verification early."""
@@ -123,8 +127,12 @@ class Identifier:
         self.settings = settings
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
         self.extractor = FeatureExtractor()
-        self.searches = SearchBatcher(gallery)
         self.global_only = settings.identify_mode == "global"
+        sharp_only = self.global_only and gallery.build_sharp_index()
+        if self.global_only and not sharp_only:
+            log.info("global mode searches every gallery view: the index is compressed (%s), with no sharp-view copy",
+                     gallery.manifest.index_plan.factory)
+        self.searches = SearchBatcher(gallery, sharp_only=sharp_only)
 
     def _shortlist(self, query: LocalFeatures, views: np.ndarray,
                    ranked: list[tuple[Artwork, float, int]]) -> tuple[list[Candidate], int]:

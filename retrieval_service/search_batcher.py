@@ -28,14 +28,16 @@ class _Waiting:
 
 
 class SearchBatcher:
-    def __init__(self, gallery: Gallery, max_queries: int = 64) -> None:
+    def __init__(self, gallery: Gallery, max_queries: int = 64, sharp_only: bool = False) -> None:
         self.gallery = gallery
         self.max_queries = max_queries
+        self.sharp_only = sharp_only
+        """search each artwork's sharpest view only (Gallery.build_sharp_index)"""
         self._waiting: list[_Waiting] = []
         self._drainer: asyncio.Task | None = None
 
     async def search(self, views: np.ndarray, k: int) -> Ranked:
-        """`Gallery.search(views, k)`, searched together with whatever else is waiting."""
+        """`Gallery.search_many([views], k)[0]`, searched together with whatever else is waiting."""
         waiting = _Waiting(views, k, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         if self._drainer is None:
@@ -49,7 +51,9 @@ class SearchBatcher:
                 batch, self._waiting = self._waiting[: self.max_queries], self._waiting[self.max_queries :]
                 metrics.SEARCH_BATCH_QUERIES.observe(len(batch))
                 try:
-                    ranked = await asyncio.to_thread(self.gallery.search_many, [w.views for w in batch], max(w.k for w in batch))
+                    ranked = await asyncio.to_thread(
+                        self.gallery.search_many, [w.views for w in batch], max(w.k for w in batch), self.sharp_only
+                    )
                 except Exception as error:  # each waiting request reports the failure as its own
                     for waiting in batch:
                         if not waiting.answer.done():

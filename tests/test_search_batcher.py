@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 
-from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.gallery import Gallery, GalleryError
 from whatart.retrieval_service.search_batcher import SearchBatcher
 
 
@@ -50,4 +51,18 @@ def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(dem
     failed, later = asyncio.run(scenario())
     assert all(isinstance(outcome, ValueError) for outcome in failed), failed
     assert later[0][2] == 3
+    gallery.close()
+
+
+def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(demo_index: Path) -> None:
+    gallery = Gallery.load(demo_index)
+    query = np.asarray(gallery.embeddings[7, 2:3], dtype=np.float32)  # the most blurred view of artwork 7
+    with pytest.raises(GalleryError, match="build_sharp_index"):
+        gallery.search_many([query], 5, sharp_only=True)
+    assert gallery.build_sharp_index(), "the demo index is exact"
+    [found] = gallery.search_many([query], 5, sharp_only=True)
+    sharp = np.asarray(gallery.embeddings[:, 0], dtype=np.float32)
+    expected = np.argsort(-(sharp @ query[0]))[:5]
+    assert [row for _, _, row in found] == expected.tolist()
+    assert [score for _, score, _ in found] == pytest.approx((sharp @ query[0])[expected].tolist(), abs=1e-5)
     gallery.close()
