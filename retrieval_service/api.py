@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import make_asgi_app
 
 from whatart.retrieval_service import metrics
+from whatart.retrieval_service.admission import RETRY_AFTER_S as BUSY_RETRY_AFTER_S
+from whatart.retrieval_service.admission import Admission, Overloaded
 from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.grpc_api import GrpcServer
@@ -26,7 +28,7 @@ from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = "5"
+ENCODER_RETRY_AFTER_S = "5"
 
 
 def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> FastAPI:
@@ -39,13 +41,14 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.GALLERY_ARTWORKS.set(len(gallery))
-        grpc_server = await GrpcServer.start(app.state.galleries, settings)
+        grpc_server = await GrpcServer.start(app.state.galleries, admission, settings)
         try:
             yield
         finally:
             await grpc_server.stop()
             await encoder.close()
 
+    admission = Admission(settings.max_pending)
     app = FastAPI(title="whatart", version="0.1.0", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
 
@@ -65,10 +68,14 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     async def image_error(request: Request, error: ImageError) -> JSONResponse:
         return _error(400, str(error))
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, error: Overloaded) -> JSONResponse:
+        return _error(429, str(error), {"Retry-After": str(BUSY_RETRY_AFTER_S)})
+
     @app.exception_handler(EncoderUnavailable)
     async def encoder_unavailable(request: Request, error: EncoderUnavailable) -> JSONResponse:
         log.warning("[%s] encoder unavailable: %s", request.state.request_id, error)
-        return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S})
+        return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": ENCODER_RETRY_AFTER_S})
 
     async def current(request: Request) -> Identifier:
         return await request.app.state.galleries.current()
@@ -88,7 +95,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     @app.post("/v1/identify")
     async def identify(
         request: Request,
-        image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF, TIFF or BMP")] = None,
+        image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF (first frame), TIFF, BMP or HEIC")] = None,
         k_form: Annotated[str | None, Form(alias="k")] = None,
         k_query: Annotated[str | None, Query(alias="k")] = None,
     ) -> JSONResponse:
@@ -99,7 +106,8 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         data = await image.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
-        result = await identify_observed(identifier, data, k, request.state.request_id, "rest")
+        with admission.admitted():
+            result = await identify_observed(identifier, data, k, request.state.request_id, "rest")
         return JSONResponse(result.to_json())
 
     async def find_artwork(request: Request, artwork_id: str) -> Artwork:

@@ -11,10 +11,14 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from whatart.retrieval_service.errors import WhatartError
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+register_heif_opener()  # HEIC/HEIF: what phones take photos in
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF")
+MIN_SIDE = 32
+"""Smaller images hold nothing to identify (and local features cannot be extracted from them)."""
 
 
 class ImageError(WhatartError, ValueError):
@@ -38,6 +42,8 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
                     f"{image.format} images are not accepted; send one of {', '.join(ACCEPTED_FORMATS)}"
                 )
             width, height = image.size
+            if min(width, height) < MIN_SIDE:
+                raise ImageError(f"the image is {width}x{height} pixels; at least {MIN_SIDE} pixels a side are needed")
             if width * height > max_pixels:
                 raise ImageError(
                     f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"

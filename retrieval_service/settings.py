@@ -34,6 +34,9 @@ class Settings:
     index_dir: Path = Path(".whatart/index")
     # How often (seconds) the service looks for a newly published index version.
     reload_check_s: float = 2.0
+    # Identifications in progress at once (REST and gRPC together); one more unary request
+    # is refused with 429 / RESOURCE_EXHAUSTED and Retry-After (admission.py).
+    max_pending: int = 64
     default_k: int = 5
     max_k: int = 100
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -112,7 +115,7 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        positive = ["port", "grpc_port", "reload_check_s", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
+        positive = ["port", "grpc_port", "reload_check_s", "max_pending", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
                     "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ingest_checkpoint_every", "ui_port",
                     "index_memory_mb", "index_exact_max_vectors"]
         for name in positive:

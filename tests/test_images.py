@@ -20,23 +20,23 @@ def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 
 def test_exif_orientation_is_applied() -> None:
-    wide = Image.new("RGB", (40, 20), (200, 10, 10))
+    wide = Image.new("RGB", (80, 40), (200, 10, 10))
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     decoded = decode_image(_encode(wide, "JPEG", exif=exif), LIMIT)
-    assert decoded.size == (20, 40)
+    assert decoded.size == (40, 80)
 
 
 @pytest.mark.parametrize(
     "image, fmt",
     [
-        (Image.new("RGBA", (30, 30), (0, 0, 255, 0)), "PNG"),
-        (Image.new("L", (30, 30), 128), "PNG"),
-        (Image.new("I;16", (30, 30), 40000), "PNG"),
-        (Image.new("P", (30, 30), 3), "GIF"),
-        (Image.new("CMYK", (30, 30), (0, 255, 0, 0)), "TIFF"),
-        (Image.new("RGB", (30, 30), (1, 2, 3)), "WEBP"),
-        (Image.new("RGB", (30, 30), (1, 2, 3)), "BMP"),
+        (Image.new("RGBA", (40, 40), (0, 0, 255, 0)), "PNG"),
+        (Image.new("L", (40, 40), 128), "PNG"),
+        (Image.new("I;16", (40, 40), 40000), "PNG"),
+        (Image.new("P", (40, 40), 3), "GIF"),
+        (Image.new("CMYK", (40, 40), (0, 255, 0, 0)), "TIFF"),
+        (Image.new("RGB", (40, 40), (1, 2, 3)), "WEBP"),
+        (Image.new("RGB", (40, 40), (1, 2, 3)), "BMP"),
     ],
     ids=["rgba-png", "gray-png", "16bit-png", "palette-gif", "cmyk-tiff", "webp", "bmp"],
 )
@@ -46,7 +46,7 @@ def test_every_accepted_mode_becomes_rgb_model_input(image: Image.Image, fmt: st
 
 
 def test_transparency_is_composited_on_white() -> None:
-    clear = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    clear = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
     assert decode_image(_encode(clear, "PNG"), LIMIT).getpixel((5, 5)) == (255, 255, 255)
 
 
@@ -57,12 +57,22 @@ def test_transparency_is_composited_on_white() -> None:
         (b"hello, this is text", "not an image"),
         (_encode(Image.new("RGB", (64, 64)), "JPEG")[:200], "damaged or truncated"),
         (_encode(Image.new("RGB", (16, 16)), "ICO"), "not accepted"),
+        (_encode(Image.new("RGB", (500, 12)), "PNG"), "500x12 pixels; at least 32 pixels a side"),
     ],
-    ids=["empty", "text", "truncated-jpeg", "ico"],
+    ids=["empty", "text", "truncated-jpeg", "ico", "too-small"],
 )
 def test_bad_input_is_refused_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         decode_image(data, LIMIT)
+
+
+def test_heic_photos_are_accepted() -> None:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    decoded = decode_image(_encode(Image.new("RGB", (64, 48), (200, 30, 30)), "HEIF"), LIMIT)
+    assert decoded.mode == "RGB" and decoded.size == (64, 48)
+    assert np.abs(np.asarray(decoded, dtype=int)[24, 32] - [200, 30, 30]).max() <= 8
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:

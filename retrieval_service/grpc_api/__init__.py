@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from whatart.retrieval_service.admission import Admission, Overloaded
 from whatart.retrieval_service.encoder import EncoderUnavailable
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 from whatart.retrieval_service.images import ImageError
@@ -40,11 +41,12 @@ class RequestRefused(Exception):
 
 
 class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
-    def __init__(self, galleries: GalleryReloader, settings: Settings) -> None:
-        self.galleries, self.settings = galleries, settings
+    def __init__(self, galleries: GalleryReloader, admission: Admission, settings: Settings) -> None:
+        self.galleries, self.admission, self.settings = galleries, admission, settings
 
-    async def _answer(self, request: whatart_pb2.IdentifyRequest) -> whatart_pb2.IdentifyResponse:
-        """The answer, or RequestRefused with the status and a message that names the problem."""
+    async def _answer(self, request: whatart_pb2.IdentifyRequest, refusable: bool = True) -> whatart_pb2.IdentifyResponse:
+        """The answer, or RequestRefused with the status and a message that names the problem.
+        `refusable`: may be refused when the service is full (admission.py); stream items are not."""
         settings = self.settings
         request_id = request.request_id or uuid.uuid4().hex[:16]
         k = request.k or settings.default_k
@@ -55,7 +57,10 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
                                  f"the image is {len(request.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
         identifier = await self.galleries.current()
         try:
-            result = await identify_observed(identifier, request.image, k, request_id, "grpc")
+            with self.admission.admitted(refusable):
+                result = await identify_observed(identifier, request.image, k, request_id, "grpc")
+        except Overloaded as error:
+            raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except ImageError as error:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except EncoderUnavailable as error:
@@ -79,7 +84,7 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
 
         async def one(request: whatart_pb2.IdentifyRequest) -> None:
             try:
-                answers.put_nowait(await self._answer(request))
+                answers.put_nowait(await self._answer(request, refusable=False))
             except RequestRefused as refused:
                 error = whatart_pb2.Error(code=refused.code.value[0], message=str(refused))
                 answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request.request_id, error=error))
@@ -121,9 +126,9 @@ class GrpcServer:
         self.server, self.health_task = server, health_task
 
     @classmethod
-    async def start(cls, galleries: GalleryReloader, settings: Settings) -> GrpcServer:
+    async def start(cls, galleries: GalleryReloader, admission: Admission, settings: Settings) -> GrpcServer:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)])
-        whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(galleries, settings), server)
+        whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(galleries, admission, settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
