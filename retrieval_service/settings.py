@@ -35,8 +35,10 @@ class Settings:
     # How often (seconds) the service looks for a newly published index version.
     reload_check_s: float = 2.0
     # Identifications in progress at once (REST and gRPC together); one more unary request
-    # is refused with 429 / RESOURCE_EXHAUSTED and Retry-After (admission.py).
-    max_pending: int = 64
+    # is refused with 429 / RESOURCE_EXHAUSTED and Retry-After (admission.py). Stream items
+    # count but wait instead (a stream runs up to 16 at once): 32 leaves room for
+    # interactive requests beside one batch job.
+    max_pending: int = 32
     default_k: int = 5
     max_k: int = 100
     max_upload_bytes: int = 20 * 1024 * 1024
