@@ -178,7 +178,7 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     if args.clients <= 0 or args.seconds <= 0 or args.images <= 0:
         raise SettingsError(f"--clients, --seconds and --images must be positive, got {args.clients}, {args.seconds}, {args.images}")
     paths = [Path(a.image_path) for a in list(open_source(args.source).artworks)[: args.images]]
-    print(json.dumps(run_load(settings.server_url, args.grpc, paths, args.clients, args.seconds)))
+    print(json.dumps(run_load(settings.server_url, args.grpc, paths, args.clients, args.seconds, settings.api_token)))
     return 0
 
 
@@ -213,7 +213,7 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.client.rest_client import ServiceError, WhatartClient
 
     failures = 0
-    with WhatartClient(settings.server_url) as client:
+    with WhatartClient(settings.server_url, token=settings.api_token) as client:
 
         def one(path: Path) -> dict:
             try:
@@ -235,7 +235,7 @@ def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is None or args.files:
         raise BatchError("--batch takes its images from DIR|LIST and needs --out FILE (no other files)")
     files = batch_files(args.batch)
-    with WhatartGrpcClient(args.grpc or f"127.0.0.1:{settings.grpc_port}") as client:
+    with WhatartGrpcClient(args.grpc or f"127.0.0.1:{settings.grpc_port}", token=settings.api_token) as client:
         report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress)
     print(json.dumps({"files": report.files, "already_done": report.already_done, "answered": report.answered,
                       "failed": report.failed, "unavailable": report.unavailable, "seconds": round(report.seconds, 2),

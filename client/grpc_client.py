@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 from google.protobuf import json_format
 
+from whatart.retrieval_service.access import bearer
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 
 
@@ -21,21 +22,22 @@ def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
 
 
 class WhatartGrpcClient:
-    def __init__(self, address: str = "127.0.0.1:50051", timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str = "127.0.0.1:50051", timeout_s: float = 60.0, token: str = "") -> None:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
         self.stub = whatart_pb2_grpc.IdentifierStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = tuple((key.lower(), value) for key, value in bearer(token).items())
 
     def identify(self, image: bytes, k: int = 0, request_id: str = "") -> dict:
         """One answer; a refused request raises grpc.RpcError (its code() and details() say why)."""
         request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id)
-        return to_dict(self.stub.Identify(request, timeout=self.timeout_s))
+        return to_dict(self.stub.Identify(request, timeout=self.timeout_s, metadata=self.metadata))
 
     def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0) -> Iterator[dict]:
         """(request id, image bytes) in, answers out as they are ready (match them by
         `request_id`); a failed image comes back with `error` set."""
         requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id) for request_id, image in images)
-        for response in self.stub.IdentifyStream(requests):
+        for response in self.stub.IdentifyStream(requests, metadata=self.metadata):
             yield to_dict(response)
 
     def close(self) -> None:

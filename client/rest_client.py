@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 
+from whatart.retrieval_service.access import bearer
 from whatart.retrieval_service.errors import WhatartError
 
 
@@ -18,9 +19,9 @@ class ServiceError(WhatartError):
 
 
 class WhatartClient:
-    def __init__(self, server_url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, server_url: str, timeout_s: float = 60.0, token: str = "") -> None:
         self.server_url = server_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.server_url, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.server_url, timeout=timeout_s, headers=bearer(token))
 
     def identify(self, image: bytes, k: int | None = None, filename: str = "image") -> dict:
         data = {"k": str(k)} if k is not None else {}

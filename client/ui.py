@@ -91,7 +91,7 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
 
 
 def launch(settings: Settings, share: bool = False) -> None:
-    client = WhatartClient(settings.server_url)
+    client = WhatartClient(settings.server_url, token=settings.api_token)
     ui = build_ui(client, settings.default_k, min(settings.max_k, 20))
     ui.queue(default_concurrency_limit=8)
     ui.launch(

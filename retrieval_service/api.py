@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import make_asgi_app
 
 from whatart.retrieval_service import metrics
+from whatart.retrieval_service.access import PROTECTED_REST_PREFIX, authorised, refusal
 from whatart.retrieval_service.admission import RETRY_AFTER_S as BUSY_RETRY_AFTER_S
 from whatart.retrieval_service.admission import Admission, Overloaded
 from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
@@ -57,7 +58,10 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request.state.request_id = request_id
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        authorisation = request.headers.get("authorization")
+        if request.url.path.startswith(PROTECTED_REST_PREFIX) and not authorised(authorisation, settings.api_token):
+            response = _error(401, refusal(authorisation), {"WWW-Authenticate": "Bearer"})
+        elif length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
             response = _error(413, f"the upload is {int(length):,} bytes; the limit is {settings.max_upload_bytes:,}")
         else:
             response = await call_next(request)

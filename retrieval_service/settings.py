@@ -28,6 +28,9 @@ class SettingsError(WhatartError, ValueError):
 class Settings:
     # Retrieval service (REST)
     host: str = "127.0.0.1"
+    # When set, the REST routes under /v1 and the gRPC Identifier need
+    # `Authorization: Bearer <token>` (access.py); clients send it from the same variable.
+    api_token: str = dataclasses.field(default="", repr=False)
     port: int = 8080
     # gRPC API (grpc_api/whatart.proto), same host
     grpc_port: int = 50051

@@ -18,6 +18,7 @@ import grpc
 import httpx
 import numpy as np
 
+from whatart.retrieval_service.access import bearer
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 
 REFUSED_WAIT_S = 1.0
@@ -52,10 +53,10 @@ class Tally:
         }
 
 
-async def rest_load(url: str, images: list[bytes], clients: int, seconds: float) -> dict[str, object]:
+async def rest_load(url: str, images: list[bytes], clients: int, seconds: float, token: str) -> dict[str, object]:
     tally, deadline = Tally(), time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=bearer(token)) as http:
         async def client(number: int) -> None:
             turn = number
             while time.monotonic() < deadline:
@@ -76,8 +77,9 @@ async def rest_load(url: str, images: list[bytes], clients: int, seconds: float)
     return tally.figures(clients, time.monotonic() - started, errors)
 
 
-async def grpc_load(address: str, images: list[bytes], clients: int, seconds: float) -> dict[str, object]:
+async def grpc_load(address: str, images: list[bytes], clients: int, seconds: float, token: str) -> dict[str, object]:
     tally, deadline = Tally(), time.monotonic() + seconds
+    metadata = tuple((key.lower(), value) for key, value in bearer(token).items())
     async with grpc.aio.insecure_channel(address) as channel:
         stub = whatart_pb2_grpc.IdentifierStub(channel)
 
@@ -86,7 +88,7 @@ async def grpc_load(address: str, images: list[bytes], clients: int, seconds: fl
             while time.monotonic() < deadline:
                 begun = time.perf_counter()
                 try:
-                    await stub.Identify(whatart_pb2.IdentifyRequest(image=images[turn % len(images)]), timeout=120)
+                    await stub.Identify(whatart_pb2.IdentifyRequest(image=images[turn % len(images)]), timeout=120, metadata=metadata)
                     code = "OK"
                 except grpc.aio.AioRpcError as error:
                     code = error.code().name
@@ -101,10 +103,11 @@ async def grpc_load(address: str, images: list[bytes], clients: int, seconds: fl
     return tally.figures(clients, time.monotonic() - started, errors)
 
 
-def run_load(url: str, grpc_address: str | None, paths: list[Path], clients: int, seconds: float) -> dict[str, object]:
+def run_load(url: str, grpc_address: str | None, paths: list[Path], clients: int, seconds: float,
+             token: str = "") -> dict[str, object]:
     images = [path.read_bytes() for path in paths]
-    figures: dict[str, object] = {"images": len(images), "rest": asyncio.run(rest_load(url, images, clients, seconds))}
+    figures: dict[str, object] = {"images": len(images), "rest": asyncio.run(rest_load(url, images, clients, seconds, token))}
     if grpc_address:
-        figures["grpc"] = asyncio.run(grpc_load(grpc_address, images, clients, seconds))
+        figures["grpc"] = asyncio.run(grpc_load(grpc_address, images, clients, seconds, token))
     figures["health_after"] = httpx.get(f"{url}/health", timeout=10).status_code
     return figures

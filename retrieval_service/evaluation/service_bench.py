@@ -67,7 +67,9 @@ def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Ser
                "--port", str(port), "--grpc-port", str(grpc_port)]
     log_file = Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
     with log_file.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WHATART_HOST": "127.0.0.1"})
+        # a private service on loopback, open to the bench's clients alone
+        environment = {key: value for key, value in os.environ.items() if key != "WHATART_API_TOKEN"}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**environment, "WHATART_HOST": "127.0.0.1"})
     service = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(service.url, process, log_file)

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from whatart.retrieval_service.access import PROTECTED_GRPC_PREFIX, authorised, refusal
 from whatart.retrieval_service.admission import Admission, Overloaded
 from whatart.retrieval_service.encoder import EncoderUnavailable
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
@@ -30,6 +31,26 @@ SERVICE_NAME = whatart_pb2.DESCRIPTOR.services_by_name["Identifier"].full_name
 STREAM_IN_FLIGHT = 16
 """Requests of one IdentifyStream worked on at once (more wait in the stream: back-pressure)."""
 HEALTH_CHECK_S = 2.0
+
+
+class TokenCheck(grpc.aio.ServerInterceptor):
+    """Calls of the Identifier service need the API token (access.py); health and reflection do not."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        header = dict(details.invocation_metadata or ()).get("authorization")
+        if handler is None or not details.method.startswith(PROTECTED_GRPC_PREFIX) or authorised(header, self.token):
+            return handler
+        message = refusal(header)
+
+        async def deny(_request, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        return make(deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 class RequestRefused(Exception):
@@ -127,7 +148,10 @@ class GrpcServer:
 
     @classmethod
     async def start(cls, galleries: GalleryReloader, admission: Admission, settings: Settings) -> GrpcServer:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)])
+        server = grpc.aio.server(
+            interceptors=[TokenCheck(settings.api_token)],
+            options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)],
+        )
         whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(galleries, admission, settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,37 @@
+"""Who may call the APIs: an optional bearer token for everything but probes.
+
+With `WHATART_API_TOKEN` set, every REST route under /v1 and every call of the gRPC
+Identifier service needs `Authorization: Bearer <token>`; /health, /metrics, the gRPC
+health service and reflection stay open for probes and scrapers. Tokens are compared in
+constant time and never logged. Without a token the service is open, which is why it
+binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+BEARER = "Bearer "
+PROTECTED_REST_PREFIX = "/v1/"
+PROTECTED_GRPC_PREFIX = "/whatart.v1."
+
+
+def authorised(header: str | None, token: str) -> bool:
+    """Whether an Authorization header value carries `token` (always true without one)."""
+    if not token:
+        return True
+    if not header or not header.startswith(BEARER):
+        return False
+    return hmac.compare_digest(header[len(BEARER):].encode(), token.encode())
+
+
+def refusal(header: str | None) -> str:
+    """What to tell a caller who was refused."""
+    if not header:
+        return "this service needs a token: send `Authorization: Bearer <token>` (WHATART_API_TOKEN on the client)"
+    return "the token is not valid for this service"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header a client sends; none without a token."""
+    return {"Authorization": BEARER + token} if token else {}
