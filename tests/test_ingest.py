@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -116,3 +117,31 @@ def test_the_index_kind_is_planned_by_size_and_its_recall_stored(triton: TritonE
     too_small = run_cli("ingest", str(csv), "--index", str(tmp_path / "other"), "--triton-url", triton.grpc_url,
                         "--no-progress", "--index-memory-mb", "0.01")
     assert too_small.returncode == 2 and "raise the memory budget" in too_small.stderr
+
+
+def test_a_remove_killed_at_any_moment_leaves_the_old_or_the_new_gallery_whole(demo_index: Path, tmp_path: Path) -> None:
+    """kill -9 `whatart remove` early, midway and late: the index always loads (checksums,
+    counts) with 174 or 171 works, and running the command again finishes the job."""
+    source = Gallery.load(demo_index)
+    removed = [a.id for a in source.metadata.in_row_order()[10:13]]
+    source.close()
+    outcomes = set()
+    for attempt, delay_s in enumerate((0.3, 0.8, 1.2, 1.6, 2.5)):
+        index = tmp_path / f"index-{attempt}"
+        shutil.copytree(demo_index, index, symlinks=True)
+        command = [WHATART, "remove", *removed, "--index", str(index)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        gallery = Gallery.load(index)
+        outcomes.add(len(gallery))
+        gallery.close()
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if again.returncode != 0:  # the killed run had finished: the ids are gone already
+            assert "not in the gallery" in again.stderr, again.stderr
+        gallery = Gallery.load(index)
+        ids = {a.id for a in gallery.metadata.in_row_order()}
+        assert len(ids) == len(gallery) == 171 and not ids & set(removed)
+        gallery.close()
+    assert 174 in outcomes and outcomes <= {174, 171}, "a kill before publishing leaves the old gallery"
