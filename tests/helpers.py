@@ -87,21 +87,22 @@ def abstract_painting(seed: int) -> bytes:
 
 
 @contextmanager
-def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) -> Iterator[tuple[TritonProcess, str]]:
+def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) -> Iterator[tuple[TritonProcess, str, str]]:
     """A Triton of its own on `model_repository` and `whatart serve` over `index_dir` on it,
-    for tests that stop Triton or serve a model the session's Triton does not have."""
+    for tests that stop Triton or serve a model the session's Triton does not have:
+    (Triton, REST URL, gRPC address)."""
     config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton")
     triton = TritonProcess(config, log_path=work_dir / "triton.log")
     triton.start()
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     service = subprocess.Popen(
-        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(free_port()),
+        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(grpc_port),
          "--triton-url", f"127.0.0.1:{config.grpc_port}"]
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/health", service)
-        yield triton, url
+        yield triton, url, f"127.0.0.1:{grpc_port}"
     finally:
         stop(service)
         triton.stop()

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import ServiceEndpoints
-from tests.helpers import json_lines, run_cli
+from tests.helpers import WHATART, json_lines, run_cli, triton_and_service
 
 
 def _batch_dir(directory: Path, met_images: list[Path]) -> Path:
@@ -66,3 +70,40 @@ def test_a_batch_reads_a_list_and_refuses_bad_input(service: ServiceEndpoints, m
     assert refused.returncode == 2 and "not a whatart results file" in refused.stderr
     no_out = run_cli("identify", "--batch", str(listing), "--grpc", service.grpc)
     assert no_out.returncode == 2 and "needs --out" in no_out.stderr
+
+
+def test_a_batch_that_outlives_triton_loses_and_repeats_nothing(
+    demo_index: Path, model_repository: Path, met_images: list[Path], tmp_path: Path
+) -> None:
+    """Triton is killed while `identify --batch` runs: the images it could not encode are not
+    written, and the same command, once Triton is back, answers exactly those."""
+    files = met_images[:60]
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(str(path) for path in files) + "\n")
+    out = tmp_path / "results.jsonl"
+    with triton_and_service(model_repository, demo_index, tmp_path) as (triton, url, grpc_address):
+        command = [WHATART, "identify", "--batch", str(listing), "--out", str(out), "--grpc", grpc_address, "--no-progress"]
+        batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not out.exists() or len(out.read_text().splitlines()) < 10:
+            assert batch.poll() is None and time.monotonic() < deadline, "the batch ended before Triton could be killed"
+            time.sleep(0.05)
+        triton.stop()
+        first_out, first_err = batch.communicate(timeout=300)
+        written = json_lines(out.read_text())
+        assert 10 <= len(written) < 60 and not any("error" in line for line in written), first_err
+        first = json.loads(first_out)
+        assert first["unavailable"] > 0 and first["answered"] == len(written), first
+
+        triton.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the service did not see Triton come back"
+            time.sleep(0.5)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["already_done"] == len(written) and report["answered"] == 60 - len(written), report
+    final = json_lines(out.read_text())
+    assert sorted(line["file"] for line in final) == sorted(str(path) for path in files), "every image exactly once"
+    assert all(line["matches"][0]["id"] == f"met-{Path(line['file']).stem}" for line in final)

@@ -22,7 +22,7 @@ def test_identify_returns_style_and_genre_predictions(demo_index: Path, tmp_path
     assert exported.returncode == 0, exported.stderr[-2000:]
 
     # the head does not change the embedding: the index built without it is still accepted
-    with triton_and_service(repository, demo_index, tmp_path) as (_, url):
+    with triton_and_service(repository, demo_index, tmp_path) as (_, url, _):
         harvesters = next(p for p in met_images if p.stem == "435809").read_bytes()
         for image in (harvesters, abstract_painting(seed=1)):
             body = httpx.post(f"{url}/v1/identify", files={"image": ("p.jpg", image)}, timeout=60).json()

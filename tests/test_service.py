@@ -41,7 +41,7 @@ def test_service_reports_triton_outage_and_recovers(
     demo_index: Path, model_repository: Path, tmp_path: Path, met_images: list[Path]
 ) -> None:
     image = {"image": ("p.jpg", met_images[0].read_bytes())}
-    with triton_and_service(model_repository, demo_index, tmp_path) as (triton, url), httpx.Client(base_url=url, timeout=30) as http:
+    with triton_and_service(model_repository, demo_index, tmp_path) as (triton, url, _), httpx.Client(base_url=url, timeout=30) as http:
         assert http.post("/v1/identify", files=image).status_code == 200
         triton.stop()
         health = http.get("/health")
