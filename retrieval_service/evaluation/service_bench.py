@@ -52,35 +52,57 @@ class Answers:
     """file -> top match id (None: refused or no match)"""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@contextmanager
-def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
-    """`whatart serve --mode MODE` on free ports until the block ends; its log goes to a file."""
-    port, grpc_port = _free_port(), _free_port()
-    whatart = str(Path(sys.executable).with_name("whatart"))
-    command = [whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
-               "--port", str(port), "--grpc-port", str(grpc_port)]
-    log_file = Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
-    with log_file.open("w") as log:
+class ServiceProcess:
+    """`whatart serve --mode MODE` on fixed free ports, which can be killed and started again
+    at the same address; its log goes to a file."""
+
+    def __init__(self, index_dir: Path, triton_url: str, mode: str) -> None:
+        port, grpc_port = free_port(), free_port()
+        self.address = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+        whatart = str(Path(sys.executable).with_name("whatart"))
+        self.command = [whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
+                        "--port", str(port), "--grpc-port", str(grpc_port)]
+        self.log_file = Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
         # a private service on loopback, open to the bench's clients alone
         environment = {key: value for key, value in os.environ.items() if key != "WHATART_API_TOKEN"}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**environment, "WHATART_HOST": "127.0.0.1"})
-    service = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+        with self.log_file.open("a") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**environment, "WHATART_HOST": "127.0.0.1"})
+        _wait_healthy(self.address.url, self.process, self.log_file)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextmanager
+def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
+    """A started ServiceProcess until the block ends."""
+    service = ServiceProcess(index_dir, triton_url, mode)
     try:
-        _wait_healthy(service.url, process, log_file)
-        yield service
+        service.start()
+        yield service.address
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        service.stop()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log_file: Path) -> None:

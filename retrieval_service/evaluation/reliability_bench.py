@@ -1,0 +1,179 @@
+"""`whatart bench reliability`: bad inputs, injected faults and load, with what was lost.
+
+The bench runs its own Triton and `whatart serve` (so it can kill them) over an existing
+index, and prints one JSON document:
+- inputs: named uploads (each accepted format and odd pixel mode, and broken ones) and the
+  status and message each got;
+- faults: Triton killed during `identify --batch`, the service killed during it, and
+  `whatart ingest` killed with SIGKILL, each followed by the documented recovery (rerun the
+  same command); results lost and answered twice are counted;
+- load: `whatart bench load` against the same service.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from whatart.client.batch import BatchError, run_batch
+from whatart.client.grpc_client import WhatartGrpcClient
+from whatart.retrieval_service.evaluation.load_bench import run_load
+from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, free_port
+from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+
+BATCH_IMAGES = 60
+KILL_AFTER_ANSWERS = 10
+INGEST_WORKS = 48
+INGEST_CHECKPOINT = 8
+
+
+def _encoded(picture: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def named_inputs(painting: Path, max_upload_bytes: int) -> list[tuple[str, bytes]]:
+    """What users and attackers send: a real painting in every accepted form, and broken files."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    with Image.open(painting) as opened:
+        rgb = opened.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    jpeg = _encoded(rgb, "JPEG")
+    return [
+        ("JPEG", jpeg), ("PNG", _encoded(rgb, "PNG")), ("WebP", _encoded(rgb, "WEBP")),
+        ("GIF (palette)", _encoded(rgb.convert("P"), "GIF")), ("TIFF", _encoded(rgb, "TIFF")), ("BMP", _encoded(rgb, "BMP")),
+        ("HEIC", _encoded(rgb, "HEIF")), ("JPEG, EXIF rotated", _encoded(rgb, "JPEG", exif=exif)),
+        ("JPEG, CMYK", _encoded(rgb.convert("CMYK"), "JPEG")), ("PNG, 16-bit grey", _encoded(
+            Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257), "PNG")),
+        ("PNG, alpha", _encoded(rgb.convert("RGBA"), "PNG")), ("PNG, grey", _encoded(rgb.convert("L"), "PNG")),
+        ("truncated JPEG", jpeg[: len(jpeg) // 2]), ("JPEG header, garbage body", jpeg[:20] + noise.tobytes()),
+        ("random bytes", noise.tobytes()), ("empty", b""), ("text", b"these are not the pixels you are looking for"),
+        ("ICO (not accepted)", _encoded(rgb.resize((32, 32)), "ICO")), ("8x8 image", _encoded(rgb.resize((8, 8)), "PNG")),
+        ("decompression bomb (20000x20000 PNG)", _encoded(Image.new("1", (20000, 20000)), "PNG")),
+        ("over the upload limit", b"\xff\xd8" + bytes(max_upload_bytes)),
+    ]
+
+
+def try_inputs(url: str, inputs: list[tuple[str, bytes]]) -> list[dict[str, object]]:
+    rows = []
+    for name, data in inputs:
+        response = httpx.post(f"{url}/v1/identify", files={"image": ("upload", data)}, timeout=120)
+        body = response.json()
+        rows.append({"input": name, "status": response.status_code,
+                     "answer": body["matches"][0]["id"] if response.status_code == 200 else body.get("detail")})
+    return rows
+
+
+def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Callable[[], None],
+                 restore: Callable[[], None]) -> dict[str, object]:
+    """`identify --batch` with `kill` run once KILL_AFTER_ANSWERS answers are written, then
+    `restore` and the same batch again; counts what was lost or answered twice."""
+    command = [str(Path(sys.executable).with_name("whatart")), "identify", "--batch", str(files[0].parent / "files.txt"),
+               "--out", str(out), "--grpc", service.address.grpc, "--no-progress"]
+    (files[0].parent / "files.txt").write_text("".join(f"{path}\n" for path in files))
+    batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not out.exists() or out.read_text().count("\n") < KILL_AFTER_ANSWERS:
+        if batch.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the batch ended before the fault could be injected: {batch.stderr.read()}")
+        time.sleep(0.05)
+    kill()
+    batch.communicate(timeout=300)
+    written_before = out.read_text().count("\n")
+    restore()
+    with WhatartGrpcClient(service.address.grpc) as client:
+        report = run_batch(files, out, client, k=5, show_progress=False)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    answered = [line["file"] for line in lines if "matches" in line]
+    return {"images": len(files), "written_before_recovery": written_before, "rerun_answered": report.answered,
+            "errors": sum("error" in line for line in lines), "lost": len(set(map(str, files)) - set(answered)),
+            "answered_twice": len(answered) - len(set(answered))}
+
+
+def ingest_fault(csv: Path, work: Path, triton_url: str, model: str) -> dict[str, object]:
+    """`whatart ingest` killed with SIGKILL after 2 checkpoints, then run again."""
+    index = work / "kill-index"
+    command = [str(Path(sys.executable).with_name("whatart")), "ingest", str(csv), "--index", str(index),
+               "--triton-url", triton_url, "--model", model, "--no-progress"]
+    environment = {**os.environ, "WHATART_INGEST_CHECKPOINT_EVERY": str(INGEST_CHECKPOINT)}
+    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) < 2:
+        if first.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the ingest ended before it could be killed")
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    checkpointed = len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) * INGEST_CHECKPOINT
+    rerun = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    if rerun.returncode != 0:
+        raise RuntimeError(f"the ingest rerun failed: {rerun.stderr[-2000:]}")
+    gallery = Gallery.load(index)
+    ids = [artwork.id for artwork in gallery.metadata.in_row_order()]
+    gallery.close()
+    return {"works": INGEST_WORKS, "checkpointed_before_kill": checkpointed, "rerun_encoded": json.loads(rerun.stdout)["encoded"],
+            "published": len(ids), "lost": INGEST_WORKS - len(set(ids)), "twice": len(ids) - len(set(ids))}
+
+
+def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int, seconds: float,
+                    max_upload_bytes: int) -> dict[str, object]:
+    paths = [Path(artwork.image_path) for artwork in artworks]
+    gallery = Gallery.load(index_dir)
+    model = gallery.manifest.model.name
+    gallery.close()
+    work = Path(tempfile.mkdtemp(prefix="whatart-reliability-"))
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
+    triton = TritonProcess(config, log_path=work / "triton.log")
+    triton.start()
+    triton_url = f"127.0.0.1:{config.grpc_port}"
+    service = ServiceProcess(index_dir, triton_url, "verified")
+    try:
+        service.start()
+        figures: dict[str, object] = {"inputs": try_inputs(service.address.url, named_inputs(paths[0], max_upload_bytes))}
+        batch_dir = work / "batch"
+        batch_dir.mkdir()
+        files = paths[:BATCH_IMAGES]
+        def triton_back() -> None:
+            triton.start()
+            _wait(service.address.url)
+
+        figures["faults"] = {
+            "triton killed during identify --batch": _batch_fault(service, files, batch_dir / "triton.jsonl", triton.stop, triton_back),
+            "service killed during identify --batch": _batch_fault(
+                service, files, batch_dir / "service.jsonl", service.kill, service.start),
+        }
+        csv = work / "ingest.csv"
+        csv.write_text("id,file\n" + "".join(f"{a.id},{a.image_path}\n" for a in artworks[:INGEST_WORKS]))
+        figures["faults"]["ingest killed (SIGKILL) and rerun"] = ingest_fault(csv, work, triton_url, model)
+        figures["load"] = run_load(service.address.url, service.address.grpc, paths[:100], clients, seconds)
+        return figures
+    finally:
+        service.stop()
+        triton.stop()
+
+
+def _wait(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+        if time.monotonic() > deadline:
+            raise BatchError(f"the service at {url} did not see Triton come back")
+        time.sleep(0.5)
