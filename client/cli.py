@@ -120,7 +120,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> dict:
         model = await resolve_model(settings.triton_url, args.model)
-        encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
+        encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s, settings.triton_retry_waits_s)
         try:
             report = await ingest(source, settings.index_dir, encoder, settings, add=args.add, show_progress=not args.no_progress)
         finally:

@@ -38,7 +38,8 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # gRPC aio channels belong to the event loop that creates them: make it here.
-        encoder = TritonEncoder(settings.triton_url, served.identity.name, settings.triton_timeout_s)
+        encoder = TritonEncoder(settings.triton_url, served.identity.name, settings.triton_timeout_s,
+                               settings.triton_retry_waits_s)
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.GALLERY_ARTWORKS.set(len(gallery))

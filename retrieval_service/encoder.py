@@ -6,6 +6,7 @@ batcher groups them into large batches on its side.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -39,11 +40,17 @@ class ServedModel:
     """task (style, genre) -> label names, for the classification heads the graph carries"""
 
 
+UNREACHABLE = "StatusCode.UNAVAILABLE"
+"""tritonclient's status when no connection could be made (Triton down or restarting)"""
+
+
 class TritonEncoder:
-    def __init__(self, url: str, model_name: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, model_name: str, timeout_s: float = 30.0, retry_waits_s: tuple[float, ...] = ()) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry_waits_s = retry_waits_s
+        """an unreachable Triton is tried again after each of these waits, then given up on"""
         self._client = grpcclient.InferenceServerClient(url)
 
     async def is_ready(self) -> bool:
@@ -93,16 +100,18 @@ class TritonEncoder:
     async def _infer(self, pixels: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         infer_input = grpcclient.InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-        try:
-            result = await self._client.infer(
-                self.model_name,
-                [infer_input],
-                outputs=[grpcclient.InferRequestedOutput(name) for name in names],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as error:
-            raise EncoderUnavailable(f"Triton at {self.url} failed to encode: {error.message()}") from None
-        return {name: result.as_numpy(name) for name in names}
+        outputs = [grpcclient.InferRequestedOutput(name) for name in names]
+        for attempt, wait_s in enumerate((*self.retry_waits_s, None), start=1):
+            try:
+                result = await self._client.infer(self.model_name, [infer_input], outputs=outputs, client_timeout=self.timeout_s)
+                return {name: result.as_numpy(name) for name in names}
+            except InferenceServerException as error:
+                if wait_s is None or error.status() != UNREACHABLE:  # only a connection failure is worth another try
+                    raise EncoderUnavailable(
+                        f"Triton at {self.url} failed to encode ({attempt} attempt{'s' * (attempt > 1)}): {error.message()}"
+                    ) from None
+                await asyncio.sleep(wait_s)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def close(self) -> None:
         await self._client.close()

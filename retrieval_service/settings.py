@@ -50,6 +50,9 @@ class Settings:
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 30.0
     triton_wait_s: float = 120.0
+    # A Triton that cannot be reached (restarting) is tried again after each wait; then the
+    # request gets 503 + Retry-After. Bounded: 3.5 s in all by default.
+    triton_retry_waits_s: tuple[float, ...] = (0.5, 1.0, 2.0)
     model_repository: Path = Path("model_repository")
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
@@ -133,6 +136,8 @@ class Settings:
         counts = ("rerank_candidates", "rerank_extended", "rerank_min_inliers", "vote_candidates", "colour_rerank_below")
         if any(getattr(self, name) < 0 for name in counts):
             raise SettingsError(f"{', '.join(counts)} must be 0 or more, got {[getattr(self, n) for n in counts]}")
+        if any(wait < 0 for wait in self.triton_retry_waits_s):
+            raise SettingsError(f"triton_retry_waits_s must be 0 or more seconds each, got {self.triton_retry_waits_s}")
         if self.vote_lists_probed <= 0:
             raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
         if self.index_kind not in INDEX_KINDS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def abstract_painting(seed: int) -> bytes:
 
 
 @contextmanager
-def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) -> Iterator[tuple[TritonProcess, str, str]]:
+def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path,
+                       env: dict[str, str] | None = None) -> Iterator[tuple[TritonProcess, str, str]]:
     """A Triton of its own on `model_repository` and `whatart serve` over `index_dir` on it,
     for tests that stop Triton or serve a model the session's Triton does not have:
     (Triton, REST URL, gRPC address)."""
@@ -97,7 +99,8 @@ def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path) 
     port, grpc_port = free_port(), free_port()
     service = subprocess.Popen(
         [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(grpc_port),
-         "--triton-url", f"127.0.0.1:{config.grpc_port}"]
+         "--triton-url", f"127.0.0.1:{config.grpc_port}"],
+        env={**os.environ, **(env or {})},
     )
     try:
         url = f"http://127.0.0.1:{port}"

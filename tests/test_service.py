@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,22 @@ def test_service_reports_triton_outage_and_recovers(
             assert time.monotonic() < deadline, "the service did not notice Triton's return"
             time.sleep(0.5)
         assert http.post("/v1/identify", files=image).status_code == 200
+
+
+def test_a_request_made_while_triton_restarts_is_answered_once_it_is_back(
+    demo_index: Path, model_repository: Path, tmp_path: Path, met_images: list[Path]
+) -> None:
+    image = {"image": ("p.jpg", met_images[3].read_bytes())}
+    retries = {"WHATART_TRITON_RETRY_WAITS_S": "1,2,4,8"}  # 15 s: ample for a restart on a loaded CI machine
+    with triton_and_service(model_repository, demo_index, tmp_path, env=retries) as (triton, url, _), \
+            httpx.Client(base_url=url, timeout=60) as http:
+        triton.stop()
+        restart = threading.Thread(target=triton.start)
+        restart.start()
+        answer = http.post("/v1/identify", files=image)
+        restart.join()
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["matches"][0]["id"] == f"met-{met_images[3].stem}"
 
 
 def _ingest_csv(paths: list[Path], index: Path, triton: TritonEndpoints, work: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artw
     finally:
         service.stop()
         triton.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _wait(url: str, timeout_s: float = 120) -> None:
