@@ -4,13 +4,13 @@ REST service, each started once and shared by the tests that need them."""
 from __future__ import annotations
 
 import json
-import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import WHATART, free_port, run_cli, stop, wait_for_http
+from tests.helpers import ServiceEndpoints, free_port, run_cli, served
 from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
 
 
@@ -66,28 +66,11 @@ def demo_index(triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory
     return index_dir
 
 
-@dataclass(frozen=True)
-class ServiceEndpoints:
-    url: str
-    """REST base URL"""
-    grpc: str
-    """gRPC address host:port"""
-
-
 @pytest.fixture(scope="session")
-def service(demo_index: Path, triton: TritonEndpoints) -> ServiceEndpoints:
+def service(demo_index: Path, triton: TritonEndpoints) -> Iterator[ServiceEndpoints]:
     """`whatart serve` over the demo gallery: REST and gRPC."""
-    port, grpc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--grpc-port", str(grpc_port),
-         "--triton-url", triton.grpc_url],
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process)
-        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}")
-    finally:
-        stop(process)
+    with served(demo_index, triton.grpc_url) as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -85,6 +86,36 @@ def abstract_painting(seed: int) -> bytes:
     buffer = io.BytesIO()
     canvas.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    url: str
+    """REST base URL"""
+    grpc: str
+    """gRPC address host:port"""
+
+
+@contextmanager
+def served(index_dir: Path, triton_url: str, *flags: str, env: dict[str, str] | None = None,
+           log: Path | None = None) -> Iterator[ServiceEndpoints]:
+    """`whatart serve` over `index_dir` on free ports (extra `flags`, `env` added to ours, output
+    to `log` if given) until the block ends."""
+    port, grpc_port = free_port(), free_port()
+    sink = log.open("w") if log else None
+    process = subprocess.Popen(
+        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(grpc_port),
+         "--triton-url", triton_url, *flags],
+        env={**os.environ, **(env or {})}, stdout=sink, stderr=subprocess.STDOUT if sink else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process)
+        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}")
+    finally:
+        stop(process)
+        if sink:
+            sink.close()
 
 
 @contextmanager

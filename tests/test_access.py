@@ -4,7 +4,6 @@ open; the token never reaches the logs; CORS is off."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import WHATART, free_port, run_cli, stop, wait_for_http
+from tests.helpers import run_cli, served
 from whatart.client.grpc_client import WhatartGrpcClient
 
 TOKEN = "s3cret-token-for-tests"
@@ -30,20 +29,9 @@ class GuardedService:
 
 @pytest.fixture(scope="module")
 def guarded(demo_index: Path, triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedService]:
-    port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("guarded") / "serve.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--grpc-port", str(grpc_port),
-             "--triton-url", triton.grpc_url],
-            env={**os.environ, "WHATART_API_TOKEN": TOKEN}, stdout=sink, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process)
-        yield GuardedService(url, f"127.0.0.1:{grpc_port}", log)
-    finally:
-        stop(process)
+    with served(demo_index, triton.grpc_url, env={"WHATART_API_TOKEN": TOKEN}, log=log) as endpoints:
+        yield GuardedService(endpoints.url, endpoints.grpc, log)
 
 
 def test_rest_needs_the_token_but_probes_do_not(guarded: GuardedService, met_images: list[Path]) -> None:

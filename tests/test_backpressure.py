@@ -3,8 +3,6 @@ are refused at once (REST 429, gRPC RESOURCE_EXHAUSTED) with a retry hint; strea
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,25 +11,15 @@ import grpc
 import httpx
 import pytest
 
-from tests.conftest import ServiceEndpoints, TritonEndpoints
-from tests.helpers import WHATART, free_port, stop, wait_for_http
+from tests.conftest import TritonEndpoints
+from tests.helpers import ServiceEndpoints, served
 from whatart.client.grpc_client import WhatartGrpcClient
 
 
 @pytest.fixture(scope="module")
 def small_service(demo_index: Path, triton: TritonEndpoints) -> Iterator[ServiceEndpoints]:
-    port, grpc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--grpc-port", str(grpc_port),
-         "--triton-url", triton.grpc_url],
-        env={**os.environ, "WHATART_MAX_PENDING": "2"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process)
-        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}")
-    finally:
-        stop(process)
+    with served(demo_index, triton.grpc_url, env={"WHATART_MAX_PENDING": "2"}) as endpoints:
+        yield endpoints
 
 
 def test_a_crowd_gets_fast_refusals_and_the_admitted_get_answers(small_service: ServiceEndpoints, met_images: list[Path]) -> None:

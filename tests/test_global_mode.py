@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,22 +10,13 @@ import httpx
 import pytest
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import WHATART, abstract_painting, free_port, stop, wait_for_http
+from tests.helpers import abstract_painting, served
 
 
 @pytest.fixture(scope="module")
 def global_service(demo_index: Path, triton: TritonEndpoints) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [WHATART, "serve", "--index", str(demo_index), "--port", str(port), "--grpc-port", str(free_port()),
-         "--triton-url", triton.grpc_url, "--mode", "global"]
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process)
-        yield url
-    finally:
-        stop(process)
+    with served(demo_index, triton.grpc_url, "--mode", "global") as endpoints:
+        yield endpoints.url
 
 
 def _identify(url: str, data: bytes) -> dict:

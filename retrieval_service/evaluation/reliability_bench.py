@@ -28,10 +28,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from whatart.client.batch import BatchError, run_batch
+from whatart.client.batch import run_batch
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.evaluation.load_bench import run_load
 from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, free_port
+from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
@@ -40,6 +41,10 @@ BATCH_IMAGES = 60
 KILL_AFTER_ANSWERS = 10
 INGEST_WORKS = 48
 INGEST_CHECKPOINT = 8
+
+
+class FaultNotInjected(WhatartError):
+    """A fault could not be injected or recovered from as planned; the message says which and why."""
 
 
 def _encoded(picture: Image.Image, image_format: str, **options: object) -> bytes:
@@ -96,7 +101,8 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
     deadline = time.monotonic() + 300
     while not out.exists() or out.read_text().count("\n") < KILL_AFTER_ANSWERS:
         if batch.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the batch ended before the fault could be injected: {batch.stderr.read()}")
+            raise FaultNotInjected(f"the batch ended (or stalled) before {KILL_AFTER_ANSWERS} answers, so the fault could "
+                                   f"not be injected: {batch.stderr.read()[-2000:] if batch.poll() is not None else 'still running'}")
         time.sleep(0.05)
     kill()
     batch.communicate(timeout=300)
@@ -121,14 +127,14 @@ def ingest_fault(csv: Path, work: Path, triton_url: str, model: str) -> dict[str
     deadline = time.monotonic() + 300
     while len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) < 2:
         if first.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the ingest ended before it could be killed")
+            raise FaultNotInjected(f"the ingest of {csv} ended (or stalled) before 2 checkpoints, so it could not be killed")
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
     checkpointed = len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) * INGEST_CHECKPOINT
     rerun = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     if rerun.returncode != 0:
-        raise RuntimeError(f"the ingest rerun failed: {rerun.stderr[-2000:]}")
+        raise FaultNotInjected(f"the ingest rerun after the kill failed: {rerun.stderr[-2000:]}")
     gallery = Gallery.load(index)
     ids = [artwork.id for artwork in gallery.metadata.in_row_order()]
     gallery.close()
@@ -178,5 +184,5 @@ def _wait(url: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while httpx.get(f"{url}/health", timeout=5).status_code != 200:
         if time.monotonic() > deadline:
-            raise BatchError(f"the service at {url} did not see Triton come back")
+            raise FaultNotInjected(f"the service at {url} did not see the restarted Triton within {timeout_s:.0f} s")
         time.sleep(0.5)
