@@ -1,10 +1,11 @@
-# whatart image. One Dockerfile, two images, chosen by the EXTRAS build arg:
-#   EXTRAS=ui      (default) runtime: ingest / serve / ui — no torch
-#   EXTRAS=export  build time: `whatart export` (torch, torchvision, onnx)
+# whatart image. One Dockerfile, several images, chosen by the EXTRAS build arg:
+#   EXTRAS=ui,milvus      (default) runtime: ingest / serve / ui, FAISS or Milvus — no torch
+#   EXTRAS=ui,milvus,gpu  the same with FAISS on the GPU (run it with a GPU reserved)
+#   EXTRAS=export         build time: `whatart export` (torch, torchvision, onnx)
 # Triton itself runs from NVIDIA's NGC image (see docker-compose.yml).
 FROM python:3.11-slim
 
-ARG EXTRAS=ui
+ARG EXTRAS=ui,milvus
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,7 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
-RUN pip install ".[${EXTRAS}]"
+# Pinned to the versions the test suite ran with (constraints.txt). faiss-cpu and
+# faiss-gpu-cu12 install the same `faiss` module, as do onnxruntime and onnxruntime-gpu: with
+# the gpu extra, the CPU builds are removed and the GPU ones reinstalled over what they shared.
+RUN pip install -c constraints.txt ".[${EXTRAS}]" \
+    && if pip show faiss-gpu-cu12 >/dev/null 2>&1; then \
+         pip uninstall -y faiss-cpu onnxruntime \
+         && pip install --no-deps --force-reinstall faiss-gpu-cu12 onnxruntime-gpu; \
+       fi
 
 # Unprivileged user (uid 1000). Mount points exist and are owned by it, so fresh named
 # volumes mounted there inherit that ownership.

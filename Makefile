@@ -8,19 +8,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install lock browser proto clean
 
-## install: .venv with the runtime, Triton (CPU build), export, UI and test extras
+## install: .venv with the runtime, Triton (CPU build), export, UI, WikiArt, Milvus and test extras
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[triton,export,ui,wikiart,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[triton,export,ui,wikiart,milvus,test]'
 	@touch $@
 
 ## lock: re-pin constraints.txt to what the extras resolve to now (after changing pyproject.toml)
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,wikiart,test]'
+	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,wikiart,milvus,test]'
 	@{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^whatart'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt
 

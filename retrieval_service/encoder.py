@@ -1,19 +1,25 @@
 """Client of the encoder that Triton serves: pixels in, embeddings out, over gRPC.
 
 Asynchronous so that one process can keep many requests in flight; Triton's dynamic
-batcher groups them into large batches on its side.
+batcher groups them into large batches on its side. Given several Triton replicas, each
+request goes to the one with the fewest requests in flight (in turn when equal), and a
+replica that cannot be reached is passed over for a while: gRPC keeps one connection per
+address, so a load balancer in front of replicas would pin a client to one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from whatart.retrieval_service import metrics
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.model_contract import (
     HEAD_TASKS,
@@ -42,29 +48,87 @@ class ServedModel:
 
 UNREACHABLE = "StatusCode.UNAVAILABLE"
 """tritonclient's status when no connection could be made (Triton down or restarting)"""
+PASSED_OVER_S = 2.0
+"""How long a replica that could not be reached goes to the back of the queue."""
+MAX_MESSAGE_BYTES = 2**31 - 1
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # One URL may name many servers: `dns:///triton-headless:8001` (a Kubernetes headless
+    # Service) resolves to every ready pod, and round robin sends each request to the next.
+    ("grpc.lb_policy_name", "round_robin"),
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Replica:
+    url: str
+    client: grpcclient.InferenceServerClient
+    in_flight: int = 0
+    picked: int = 0
+    unreachable_until: float = 0.0
 
 
 class TritonEncoder:
     def __init__(self, url: str, model_name: str, timeout_s: float = 30.0, retry_waits_s: tuple[float, ...] = ()) -> None:
+        """`url`: host:port of Triton's gRPC endpoint, or a comma-separated list of replicas."""
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.retry_waits_s = retry_waits_s
-        """an unreachable Triton is tried again after each of these waits, then given up on"""
-        self._client = grpcclient.InferenceServerClient(url)
+        """when no replica can be reached, all are tried again after each of these waits, then given up on"""
+        urls = [part.strip() for part in url.split(",") if part.strip()]
+        self._replicas = [_Replica(replica, grpcclient.InferenceServerClient(replica, channel_args=CHANNEL_OPTIONS)) for replica in urls]
+
+    def _by_preference(self) -> list[_Replica]:
+        """Every replica once: reachable before recently unreachable, then fewest in flight, then least used."""
+        now = time.monotonic()
+        return sorted(self._replicas, key=lambda r: (r.unreachable_until > now, r.in_flight, r.picked))
 
     async def is_ready(self) -> bool:
+        """Whether any replica serves the model (each is asked in turn)."""
+        return any([await self._ready(replica) for replica in self._replicas])
+
+    async def readiness(self) -> dict[str, bool]:
+        """Each replica's readiness, for /health."""
+        return {replica.url: await self._ready(replica) for replica in self._replicas}
+
+    async def _ready(self, replica: _Replica) -> bool:
         try:
-            return await self._client.is_model_ready(self.model_name)
+            return await replica.client.is_model_ready(self.model_name)
         except InferenceServerException:
             return False
 
     async def served_model(self) -> ServedModel:
+        """What the reachable replicas serve, refusing replicas that disagree: their embeddings
+        would not be comparable. Replicas that cannot be reached now are logged and skipped."""
+        described: dict[str, ServedModel] = {}
+        for replica in self._replicas:
+            try:
+                described[replica.url] = await self._describe(replica)
+            except EncoderUnavailable as error:
+                if len(self._replicas) == 1:
+                    raise
+                log.warning("Triton replica %s skipped: %s", replica.url, error)
+        if not described:
+            raise EncoderUnavailable(f"no Triton replica of {self.url} serves model {self.model_name!r}")
+        (first_url, first), *others = described.items()
+        for other_url, other in others:
+            if other != first:
+                raise EncoderUnavailable(
+                    f"Triton replicas disagree about model {self.model_name!r}: {first_url} serves {first.identity}, "
+                    f"{other_url} serves {other.identity} (with input {other.input_size} px); serve one export on all of them"
+                )
+        return first
+
+    async def _describe(self, replica: _Replica) -> ServedModel:
         try:
-            response = await self._client.get_model_config(self.model_name, as_json=True)
+            response = await replica.client.get_model_config(self.model_name, as_json=True)
         except InferenceServerException as error:
             raise EncoderUnavailable(
-                f"Triton at {self.url} does not serve model {self.model_name!r}: {error.message()}"
+                f"Triton at {replica.url} does not serve model {self.model_name!r}: {error.message()}"
             ) from None
         config = response["config"]
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
@@ -74,7 +138,7 @@ class TritonEncoder:
         try:
             identity = ModelIdentity.from_parameters(parameters)
         except ValueError as error:
-            raise EncoderUnavailable(f"model {self.model_name!r} at {self.url}: {error}") from None
+            raise EncoderUnavailable(f"model {self.model_name!r} at {replica.url}: {error}") from None
         outputs = {output["name"] for output in config["output"]}
         heads = {
             task: tuple(json.loads(parameters[head_labels_parameter(task)]))
@@ -101,20 +165,39 @@ class TritonEncoder:
         infer_input = grpcclient.InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
         outputs = [grpcclient.InferRequestedOutput(name) for name in names]
-        for attempt, wait_s in enumerate((*self.retry_waits_s, None), start=1):
-            try:
-                result = await self._client.infer(self.model_name, [infer_input], outputs=outputs, client_timeout=self.timeout_s)
-                return {name: result.as_numpy(name) for name in names}
-            except InferenceServerException as error:
-                if wait_s is None or error.status() != UNREACHABLE:  # only a connection failure is worth another try
-                    raise EncoderUnavailable(
-                        f"Triton at {self.url} failed to encode ({attempt} attempt{'s' * (attempt > 1)}): {error.message()}"
-                    ) from None
-                await asyncio.sleep(wait_s)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        attempts = 0
+        for wait_s in (*self.retry_waits_s, None):
+            for replica in self._by_preference():
+                attempts += 1
+                try:
+                    return await self._infer_at(replica, infer_input, outputs, names)
+                except InferenceServerException as error:
+                    if error.status() != UNREACHABLE:  # only a connection failure is worth another try
+                        raise EncoderUnavailable(f"Triton at {replica.url} failed to encode: {error.message()}") from None
+                    replica.unreachable_until = time.monotonic() + PASSED_OVER_S
+                    last = f"{replica.url}: {error.message()}"
+            if wait_s is None:
+                raise EncoderUnavailable(f"Triton at {self.url} failed to encode ({attempts} attempt{'s' * (attempts > 1)}): {last}")
+            await asyncio.sleep(wait_s)
+        raise AssertionError("unreachable: the last round returns or raises")
+
+    async def _infer_at(self, replica: _Replica, infer_input: grpcclient.InferInput, outputs: list[grpcclient.InferRequestedOutput],
+                        names: list[str]) -> dict[str, np.ndarray]:
+        replica.in_flight += 1
+        replica.picked += 1
+        try:
+            result = await replica.client.infer(self.model_name, [infer_input], outputs=outputs, client_timeout=self.timeout_s)
+        except InferenceServerException:
+            metrics.TRITON_REQUESTS.labels(replica.url, "error").inc()
+            raise
+        finally:
+            replica.in_flight -= 1
+        metrics.TRITON_REQUESTS.labels(replica.url, "ok").inc()
+        return {name: result.as_numpy(name) for name in names}
 
     async def close(self) -> None:
-        await self._client.close()
+        for replica in self._replicas:
+            await replica.client.close()
 
 
 async def list_ready_models(url: str) -> list[str]:

@@ -4,7 +4,8 @@ Layout of an index directory::
 
     <index_dir>/current -> versions/<stamp>     (symlink, swapped atomically)
     <index_dir>/versions/<stamp>/manifest.json  (model identity, count, index report, file checksums)
-                                 vectors.faiss    (the search index: one vector per artwork and gallery view)
+                                 vectors.faiss    (the FAISS index: one vector per artwork and gallery view;
+                                                   with the Milvus backend, a collection instead: vector_store.py)
                                  embeddings.npy   (the same vectors exactly, float16, mmapped)
                                  metadata.sqlite
                                  features_*.npy   (local features for verification, mmapped)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,11 +31,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from whatart.retrieval_service import feature_votes, vector_index
+from whatart.retrieval_service import feature_votes, milvus_store, vector_index, vector_store
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.metadata import Artwork, MetadataStore, write_metadata
+from whatart.retrieval_service.metadata import Artwork, MetadataFilter, MetadataStore, write_metadata
+from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusTarget
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 8
 MANIFEST = "manifest.json"
@@ -49,7 +54,8 @@ FEATURE_DESCRIPTORS = "features_descriptors.npy"
 FEATURE_COLOURS = "features_colours.npy"
 VOTES = "votes.faiss"
 DESCRIPTOR_BYTES = 32
-DATA_FILES = (VECTORS, EMBEDDINGS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS, FEATURE_COLOURS, VOTES)
+DATA_FILES = (EMBEDDINGS, METADATA, FEATURE_OFFSETS, FEATURE_POINTS, FEATURE_DESCRIPTORS, FEATURE_COLOURS, VOTES)
+"""Every version's files; a FAISS version has VECTORS too."""
 VERSIONS_KEPT = 2
 CARRIED_FILES = ("calibration.json",)
 """Files a changed gallery inherits from the version it changes (calibration.CALIBRATION_FILE)."""
@@ -70,13 +76,20 @@ class Manifest:
     """How the stored local features were extracted (FeatureExtractor.description)."""
     source: str
     index: dict
-    """The index's plan (vector_index.IndexPlan) and build report (vector_index.IndexReport)."""
+    """Where the vectors are searched ("backend": faiss or milvus; faiss when absent, as
+    before Milvus), the FAISS plan (vector_index.IndexPlan) or the Milvus collection, and the
+    build report (vector_index.IndexReport)."""
     created_at: str
     files: dict[str, str]
     """file name -> sha256"""
 
     @property
+    def backend(self) -> str:
+        return self.index.get("backend", vector_store.FAISS)
+
+    @property
     def index_plan(self) -> vector_index.IndexPlan:
+        """The FAISS index's plan (FAISS versions only)."""
         return vector_index.IndexPlan(**self.index["plan"])
 
     def to_json(self) -> str:
@@ -108,6 +121,7 @@ def publish(
     plan: vector_index.IndexPlan | None = None,
     trained: faiss.Index | None = None,
     carried_files: tuple[Path, ...] = (),
+    milvus: MilvusTarget | None = None,
 ) -> Path:
     """Write a new gallery version and make it current in one atomic step.
 
@@ -115,7 +129,8 @@ def publish(
     `plan`: the vector index to build (default: exact search). `trained`: an index of the
     previous version whose trained parts (PCA, IVF lists) are reused, so a changed gallery is
     published without training again. `carried_files` (e.g. the calibration) are copied into
-    the new version before it becomes current."""
+    the new version before it becomes current. `milvus`: write the vectors into a new Milvus
+    collection there instead of a FAISS index (`plan` and `trained` are then unused)."""
     if vectors.ndim != 3 or vectors.shape[:2] != (len(artworks), len(gallery_blurs)) or vectors.shape[2] != identity.dim:
         raise ValueError(
             f"vectors of shape {vectors.shape} do not fit {len(artworks)} artworks x {len(gallery_blurs)} views "
@@ -127,14 +142,10 @@ def publish(
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns / 1e9)) + f".{now_ns % 10**9:09d}"
     staging = versions / f".{stamp}.partial"
     staging.mkdir()
-    ids = np.repeat(np.arange(len(artworks)), len(gallery_blurs))
-    flat = vectors.reshape(-1, identity.dim)
-    plan = plan or vector_index.IndexPlan(vector_index.EXACT, identity.dim)
-    if trained is None:
-        index, report = vector_index.build_and_measure(flat, ids, plan)
+    if milvus is None:
+        index_entry = _write_faiss(staging, vectors, plan or vector_index.IndexPlan(vector_index.EXACT, identity.dim), trained)
     else:
-        index, report = vector_index.refill_and_measure(trained, flat, ids, plan)
-    vector_index.save_index(index, staging / VECTORS)
+        index_entry = _write_milvus(milvus, milvus_store.collection_name(stamp), vectors, artworks)
     np.save(staging / EMBEDDINGS, vectors.astype(np.float16))
     for carried in carried_files:
         shutil.copyfile(carried, staging / carried.name)
@@ -147,9 +158,9 @@ def publish(
         gallery_blurs=list(gallery_blurs),
         local_features=features_description,
         source=source,
-        index={"plan": asdict(plan), "report": report.to_dict()},
+        index=index_entry,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        files={name: _sha256(staging / name) for name in DATA_FILES},
+        files={name: _sha256(staging / name) for name in (*DATA_FILES, VECTORS) if (staging / name).exists()},
     )
     (staging / MANIFEST).write_text(manifest.to_json())
     _fsync_tree(staging)
@@ -158,19 +169,51 @@ def publish(
     link = index_dir / f".current-{stamp}"
     link.symlink_to(Path("versions") / stamp)
     os.replace(link, index_dir / "current")
-    _prune(versions, keep=final)
+    _prune(versions, keep=final, milvus=milvus.connection if milvus else None)
     return final
+
+
+def _write_faiss(staging: Path, vectors: np.ndarray, plan: vector_index.IndexPlan, trained: faiss.Index | None) -> dict:
+    """Build (or refill `trained`) and save the FAISS index; its manifest entry."""
+    ids = np.repeat(np.arange(vectors.shape[0]), vectors.shape[1])
+    flat = vectors.reshape(-1, vectors.shape[2])
+    if trained is None:
+        index, report = vector_index.build_and_measure(flat, ids, plan)
+    else:
+        index, report = vector_index.refill_and_measure(trained, flat, ids, plan)
+    vector_index.save_index(index, staging / VECTORS)
+    return {"backend": vector_store.FAISS, "plan": asdict(plan), "report": report.to_dict()}
+
+
+def _write_milvus(target: MilvusTarget, collection: str, vectors: np.ndarray, artworks: list[Artwork]) -> dict:
+    """Write the collection and measure its recall against exact search; its manifest entry."""
+    seconds = milvus_store.write_collection(target.connection, collection, vectors, artworks, target.index_type)
+    flat = vectors.reshape(-1, vectors.shape[2])
+    ids = np.repeat(np.arange(vectors.shape[0]), vectors.shape[1])
+    store = milvus_store.MilvusStore(target.connection, collection, vectors.shape[1])
+    try:
+        recall = vector_index.recall_against_exact(lambda queries, k: store.search(queries, k)[1], flat, ids)
+    finally:
+        store.close()
+    report = vector_index.IndexReport(f"Milvus {target.index_type}", 0, len(flat), 4 * flat.size, round(seconds, 2), round(recall[0], 4),
+                                      round(recall[1], 4), min(vector_index.RECALL_QUERIES, len(flat)))
+    where = {"uri": target.connection.uri, "collection": collection, "index_type": target.index_type}
+    return {"backend": vector_store.MILVUS, "milvus": where, "report": report.to_dict()}
 
 
 def republish(current: Gallery, artworks: list[Artwork], vectors: np.ndarray, features: list[LocalFeatures]) -> Path:
     """Publish changed contents of `current` (after an add or a remove) with its model, views,
-    source and calibration, into its index's trained structure (read again from the file: the
-    loaded copy may live on a GPU), so nothing is encoded or trained again."""
+    source, calibration and backend: a FAISS index gets its trained structure (read again
+    from the file: the loaded copy may live on a GPU), so nothing is encoded or trained
+    again; a Milvus one gets a new collection in the same Milvus."""
     manifest = current.manifest
-    trained = vector_index.read_index(current.directory / VECTORS)
     carried = tuple(p for p in (current.directory / name for name in CARRIED_FILES) if p.exists())
-    return publish(current.directory.parent.parent, manifest.model, artworks, vectors, features, manifest.local_features,
-                   tuple(manifest.gallery_blurs), manifest.source, manifest.index_plan, trained, carried)
+    common = (current.directory.parent.parent, manifest.model, artworks, vectors, features, manifest.local_features,
+              tuple(manifest.gallery_blurs), manifest.source)
+    if isinstance(current.vectors, milvus_store.MilvusStore):
+        return publish(*common, carried_files=carried,
+                       milvus=MilvusTarget(current.vectors.connection, manifest.index["milvus"]["index_type"]))
+    return publish(*common, manifest.index_plan, vector_index.read_index(current.directory / VECTORS), carried)
 
 
 PACKED_FEATURES = ("offsets", "points", "descriptors", "colours")
@@ -208,6 +251,22 @@ def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
     feature_votes.save(feature_votes.build(packed["descriptors"], owners), directory / VOTES)
 
 
+def _drop_collection_of(version: Path, milvus: MilvusConnection | None) -> None:
+    """Drop an old Milvus version's collection (through `milvus`, else the URI it recorded);
+    a failure is logged, not raised: the new version is already published."""
+    try:
+        entry = Manifest.from_json((version / MANIFEST).read_text()).index
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if entry.get("backend") != vector_store.MILVUS:
+        return
+    connection = milvus or MilvusConnection(entry["milvus"]["uri"])
+    try:
+        milvus_store.drop_collection(connection, entry["milvus"]["collection"])
+    except Exception as error:  # noqa: BLE001 - pruning is housekeeping
+        log.warning("could not drop Milvus collection %s of pruned version %s: %s", entry["milvus"]["collection"], version.name, error)
+
+
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         with path.open("rb") as handle:
@@ -219,11 +278,13 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
-def _prune(versions: Path, keep: Path) -> None:
-    """Remove old versions and abandoned partial ones, keeping the newest few."""
+def _prune(versions: Path, keep: Path, milvus: MilvusConnection | None) -> None:
+    """Remove old versions (and their Milvus collections) and abandoned partial ones, keeping
+    the newest few."""
     finished = sorted((p for p in versions.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
     for old in finished[:-VERSIONS_KEPT]:
         if old != keep:
+            _drop_collection_of(old, milvus)
             shutil.rmtree(old, ignore_errors=True)
     for partial in versions.glob(".*.partial"):
         if partial != keep:
@@ -233,10 +294,10 @@ def _prune(versions: Path, keep: Path) -> None:
 class Gallery:
     """A loaded, verified, read-only gallery version."""
 
-    def __init__(self, directory: Path, manifest: Manifest, index: faiss.Index, metadata: MetadataStore) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, vectors: vector_store.VectorStore, metadata: MetadataStore) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.index = index
+        self.vectors = vectors
         self.metadata = metadata
         # memory-mapped: start-up stays fast and only the pages of verified candidates are read
         self._offsets = np.load(directory / FEATURE_OFFSETS)
@@ -246,11 +307,13 @@ class Gallery:
         self._votes = feature_votes.load(directory / VOTES)
         self.embeddings = np.load(directory / EMBEDDINGS, mmap_mode="r")
         """float16 [artworks, views, dim], memory-mapped."""
-        self._sharp_index: faiss.Index | None = None
+        self._sharp_index: vector_store.FaissStore | None = None
 
     @classmethod
-    def load(cls, index_dir: Path) -> Gallery:
-        """Open the current version, refusing one whose files do not match its manifest."""
+    def load(cls, index_dir: Path, milvus: MilvusConnection | None = None) -> Gallery:
+        """Open the current version, refusing one whose files do not match its manifest.
+        `milvus`: how to reach the Milvus of a Milvus-backed version (default: the URI it
+        recorded at ingest, without a token)."""
         current = index_dir / "current"
         if not current.exists():
             raise GalleryError(
@@ -270,11 +333,17 @@ class Gallery:
             path = directory / name
             if not path.exists() or _sha256(path) != expected:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
-        index = vector_index.load_index(directory / VECTORS, manifest.index_plan)
-        gallery = cls(directory, manifest, index, MetadataStore(directory / METADATA))
+        metadata = MetadataStore(directory / METADATA)
+        views = len(manifest.gallery_blurs)
+        if manifest.backend == vector_store.MILVUS:
+            recorded = manifest.index["milvus"]
+            store = milvus_store.MilvusStore(milvus or MilvusConnection(recorded["uri"]), recorded["collection"], views)
+        else:
+            store = vector_store.open_faiss(directory / VECTORS, manifest.index_plan, views, metadata.row_ids_matching)
+        gallery = cls(directory, manifest, store, metadata)
         counts = {
             "manifest": manifest.count,
-            "vectors per view": gallery.index.ntotal / len(manifest.gallery_blurs),
+            "vectors per view": len(store) / views,
             "metadata": gallery.metadata.count(),
             "local features": len(gallery._offsets) - 1,
             "colours": len(gallery._colours),
@@ -297,26 +366,33 @@ class Gallery:
         """Index each artwork's sharpest view alone, exactly, for `search_many(sharp_only=True)`:
         gallery-quality images need no blurred views, and an exact search costs one pass over
         the vectors (memory-bound), so a third of them (three blur levels) is a third of the
-        cost. Only for exact plans: a compressed index would need its own training. Returns
-        whether it was built."""
-        if self.manifest.index_plan.kind != vector_index.EXACT:
+        cost. Only for exact FAISS plans: a compressed index would need its own training, and
+        Milvus searches elsewhere. Returns whether it was built."""
+        if self.manifest.backend != vector_store.FAISS or self.manifest.index_plan.kind != vector_index.EXACT:
             return False
         sharpest = int(np.argmin(self.manifest.gallery_blurs))
         index = faiss.IndexFlatIP(self.embeddings.shape[2])
         for start in range(0, len(self.embeddings), SHARP_INDEX_CHUNK):
             index.add(np.ascontiguousarray(self.embeddings[start : start + SHARP_INDEX_CHUNK, sharpest], dtype=np.float32))
-        self._sharp_index = index
+        self._sharp_index = vector_store.FaissStore(index, 1, "Flat (sharpest views)", self.metadata.row_ids_matching)
         return True
 
-    def search_many(self, queries: list[np.ndarray], k: int, sharp_only: bool = False) -> list[list[tuple[Artwork, float, int]]]:
+    def search_many(self, queries: list[np.ndarray], k: int, sharp_only: bool = False,
+                    where: MetadataFilter | None = None) -> list[list[tuple[Artwork, float, int]]]:
         """`search` for several queries at once: one index search, one metadata lookup.
-        `sharp_only`: against each artwork's sharpest view only (needs `build_sharp_index`)."""
-        if sharp_only:
-            if self._sharp_index is None:
-                raise GalleryError("sharp-view search needs build_sharp_index() (an exact index plan) first")
-            ranked = vector_index.search_best_many(self._sharp_index, queries, k, 1)
-        else:
-            ranked = vector_index.search_best_many(self.index, queries, k, len(self.manifest.gallery_blurs))
+        `sharp_only`: against each artwork's sharpest view only (needs `build_sharp_index`).
+        `where`: only among the artworks that pass this filter."""
+        return self.with_metadata(self.rank_many(queries, k, sharp_only, where))
+
+    def rank_many(self, queries: list[np.ndarray], k: int, sharp_only: bool = False,
+                  where: MetadataFilter | None = None) -> list[list[tuple[int, float]]]:
+        """The vector search of `search_many`: (row id, similarity) per query, best first."""
+        if sharp_only and self._sharp_index is None:
+            raise GalleryError("sharp-view search needs build_sharp_index() (an exact index plan) first")
+        return vector_store.best_per_artwork(self._sharp_index if sharp_only else self.vectors, queries, k, where)
+
+    def with_metadata(self, ranked: list[list[tuple[int, float]]]) -> list[list[tuple[Artwork, float, int]]]:
+        """`rank_many`'s results joined with their artworks' metadata (one lookup for all)."""
         found = self.metadata.by_row_ids({row_id for per_query in ranked for row_id, _ in per_query})
         return [[(found[row_id], score, row_id) for row_id, score in per_query] for per_query in ranked]
 
@@ -352,4 +428,5 @@ class Gallery:
         return artworks, np.asarray(self.embeddings, dtype=np.float32), unpack_features(packed)
 
     def close(self) -> None:
+        self.vectors.close()
         self.metadata.close()

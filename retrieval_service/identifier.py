@@ -27,7 +27,7 @@ from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
 from whatart.retrieval_service.gallery import Gallery, GalleryError
 from whatart.retrieval_service.images import decode_image
-from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.metadata import Artwork, MetadataFilter
 from whatart.retrieval_service.search_batcher import SearchBatcher
 from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.verification import FeatureExtractor, LocalFeatures, count_inliers
@@ -130,16 +130,17 @@ class Identifier:
         self.global_only = settings.identify_mode == "global"
         sharp_only = self.global_only and gallery.build_sharp_index()
         if self.global_only and not sharp_only:
-            log.info("global mode searches every gallery view: the index is compressed (%s), with no sharp-view copy",
-                     gallery.manifest.index_plan.factory)
+            log.info("global mode searches every gallery view: the index (%s) has no exact sharp-view copy", gallery.vectors.description)
         self.searches = SearchBatcher(gallery, sharp_only=sharp_only)
 
-    def _shortlist(self, query: LocalFeatures, views: np.ndarray,
-                   ranked: list[tuple[Artwork, float, int]]) -> tuple[list[Candidate], int]:
-        """The artworks the photo's local descriptors voted for most, then the global
-        ranking's (without repeats): the order in which they are verified; and how many
-        came from the vote."""
+    def _shortlist(self, query: LocalFeatures, views: np.ndarray, ranked: list[tuple[Artwork, float, int]],
+                   where: MetadataFilter | None) -> tuple[list[Candidate], int]:
+        """The artworks the photo's local descriptors voted for most (among those `where`
+        keeps), then the global ranking's (without repeats): the order in which they are
+        verified; and how many came from the vote."""
         voted = self.gallery.vote(query.descriptors, self.settings.vote_candidates, self.settings.vote_lists_probed)
+        if where is not None:
+            voted = [vote for vote in voted if where.matches(vote[0])]
         scores = self.gallery.similarities(views, [row_id for _, _, row_id in voted])
         shortlist = [Candidate(artwork, row_id, score) for (artwork, _, row_id), score in zip(voted, scores, strict=True)]
         seen = {c.row_id for c in shortlist}
@@ -174,12 +175,13 @@ class Identifier:
             return verified + rest
         return rerank(verified + rest, settings.rerank_min_inliers)
 
-    def _candidates(self, photo: Image.Image, views: np.ndarray, ranked: list[tuple[Artwork, float, int]]) -> list[Candidate]:
+    def _candidates(self, photo: Image.Image, views: np.ndarray, ranked: list[tuple[Artwork, float, int]],
+                    where: MetadataFilter | None) -> list[Candidate]:
         query = self.extractor.extract(photo)
         if not self.settings.rerank_candidates:
             shortlist = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
             return self._verify(query, shortlist, voted=0)
-        shortlist, voted = self._shortlist(query, views, ranked)
+        shortlist, voted = self._shortlist(query, views, ranked, where)
         candidates = self._verify(query, shortlist, voted)
         if len(query) < self.settings.colour_rerank_below and not self._verified(candidates):
             return self._by_colour(query, candidates)
@@ -207,7 +209,8 @@ class Identifier:
         photo = decode_image(data, settings.max_image_pixels, self.extractor.max_side)
         return photo, query_views(photo, size, settings.query_rotations, settings.query_crops)
 
-    async def identify(self, data: bytes, k: int) -> Identification:
+    async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None) -> Identification:
+        """`where`: identify among the artworks whose metadata pass this filter only."""
         settings = self.settings
         started = time.perf_counter()
         photo, views = await asyncio.to_thread(self._prepare, data)
@@ -216,16 +219,18 @@ class Identifier:
         embeddings, probabilities = await self.encoder.encode_with_heads(views, tasks)
         encoded = time.perf_counter()
         depth = k if self.global_only else max(k, settings.rerank_candidates, settings.rerank_extended)
-        ranked = await self.searches.search(embeddings, depth)
+        ranked_ids = await self.searches.search(embeddings, depth, where)
         searched = time.perf_counter()
-        timings = {"decode": decoded - started, "triton": encoded - decoded, "search": searched - encoded}
+        [ranked] = self.gallery.with_metadata([ranked_ids])  # one indexed SQLite lookup: no thread needed
+        joined = time.perf_counter()
+        timings = {"decode": decoded - started, "triton": encoded - decoded, "search": searched - encoded, "metadata": joined - searched}
         if self.global_only:
             candidates = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
             top = candidates[0].score if candidates else -1.0
             in_gallery, confidence = top >= settings.global_min_similarity, min(max(top, 0.0), 1.0)
         else:
-            candidates = await asyncio.to_thread(self._candidates, photo, embeddings, ranked)
-            timings["verify"] = time.perf_counter() - searched
+            candidates = await asyncio.to_thread(self._candidates, photo, embeddings, ranked, where)
+            timings["verify"] = time.perf_counter() - joined
             top_inliers = (candidates[0].inliers or 0) if candidates else 0
             in_gallery = bool(candidates) and self.calibration.in_gallery(top_inliers)
             confidence = self.calibration.confidence(top_inliers) if candidates else 0.0

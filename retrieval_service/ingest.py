@@ -34,6 +34,7 @@ from tqdm import tqdm
 from whatart.retrieval_service import gallery
 from whatart.retrieval_service.duplicates import Duplicate, find_duplicates
 from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
+from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.images import ImageError, decode_image
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.model_contract import ModelIdentity
@@ -92,18 +93,16 @@ def _prepare(
     return gallery_views(image, size, blurs), extractor.extract(image)
 
 
-def current_gallery(
-    index_dir: Path, identity: ModelIdentity, source: GallerySource, gallery_blurs: tuple[float, ...]
-) -> gallery.Gallery | None:
+def current_gallery(index_dir: Path, identity: ModelIdentity, source: GallerySource, settings: Settings) -> gallery.Gallery | None:
     """The index at `index_dir` when ingesting `source` again would rebuild the same thing
-    (same source name and size, model, gallery views and local features), else None."""
+    (same source name and size, model, gallery views, local features and backend), else None."""
     try:
-        found = gallery.Gallery.load(index_dir)
-    except gallery.GalleryError:
+        found = gallery.Gallery.load(index_dir, settings.milvus_connection())
+    except WhatartError:  # no index, a broken one, or a Milvus that lost its collection: rebuild
         return None
     manifest = found.manifest
-    if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features) == (
-        identity, source.name, source.total, gallery_blurs, FeatureExtractor().description
+    if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features, manifest.backend) == (
+        identity, source.name, source.total, settings.gallery_blurs, FeatureExtractor().description, settings.index_backend
     ):
         return found
     found.close()
@@ -262,7 +261,7 @@ async def ingest(
             plan = settings.index_plan(len(new) * len(settings.gallery_blurs), served.identity.dim)
             version_dir = await asyncio.to_thread(
                 gallery.publish, index_dir, served.identity, new, vectors, features, FeatureExtractor().description,
-                settings.gallery_blurs, source.name, plan,
+                settings.gallery_blurs, source.name, plan, milvus=settings.milvus_target(),
             )
             count = len(new)
     finally:
@@ -292,7 +291,7 @@ def _collect(
 
 def _current_for_add(index_dir: Path, served: ServedModel, settings: Settings) -> gallery.Gallery:
     """The gallery to add to, refused when its model or views differ from this run's."""
-    current = gallery.Gallery.load(index_dir)
+    current = gallery.Gallery.load(index_dir, settings.milvus_connection())
     manifest = current.manifest
     if manifest.model != served.identity or tuple(manifest.gallery_blurs) != settings.gallery_blurs:
         current.close()

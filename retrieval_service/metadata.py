@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from collections.abc import Iterable
 
+from whatart.retrieval_service.errors import WhatartError
+
 
 @dataclass(frozen=True)
 class Artwork:
@@ -33,6 +35,43 @@ class Artwork:
 
 
 COLUMNS = tuple(f.name for f in fields(Artwork))
+FILTER_FIELDS = ("artist", "genre", "style")
+"""The fields an identification can be restricted to (indexed here, scalar fields in Milvus)."""
+
+
+MAX_FILTER_CHARS = 1000
+
+
+class FilterError(WhatartError, ValueError):
+    """A filter value that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """Search only among artworks whose every given field equals its value exactly."""
+
+    artist: str | None = None
+    genre: str | None = None
+    style: str | None = None
+
+    def validated(self) -> MetadataFilter:
+        """This filter, or FilterError naming the first unusable value (values reach SQL as
+        parameters and Milvus as escaped literals; control characters have no place in either)."""
+        for name, value in self.conditions().items():
+            if not value.strip():
+                raise FilterError(f"the {name} filter is empty: leave it out to search every {name}")
+            if len(value) > MAX_FILTER_CHARS:
+                raise FilterError(f"the {name} filter is {len(value):,} characters; at most {MAX_FILTER_CHARS:,} are accepted")
+            if any(ord(char) < 32 for char in value):
+                raise FilterError(f"the {name} filter contains control characters")
+        return self
+
+    def conditions(self) -> dict[str, str]:
+        """field -> required value, for the fields given."""
+        return {name: value for name in FILTER_FIELDS if (value := getattr(self, name)) is not None}
+
+    def matches(self, artwork: Artwork) -> bool:
+        return all(getattr(artwork, name) == value for name, value in self.conditions().items())
 
 SCHEMA = f"""
 CREATE TABLE artworks (
@@ -108,6 +147,13 @@ class MetadataStore:
             wanted,
         ).fetchall()
         return {row[0]: Artwork(*row[1:]) for row in rows}
+
+    def row_ids_matching(self, where: MetadataFilter) -> list[int]:
+        """Row ids of the artworks that pass `where`, ascending."""
+        conditions = where.conditions()
+        clause = " AND ".join(f"{name} = ?" for name in conditions) or "1"
+        rows = self._connection.execute(f"SELECT row_id FROM artworks WHERE {clause} ORDER BY row_id", list(conditions.values()))
+        return [row[0] for row in rows]
 
     def in_row_order(self) -> list[Artwork]:
         """Every artwork; item i has row id i."""

@@ -44,7 +44,7 @@ class GalleryReloader:
         started = time.perf_counter()
         old = self.identifier
         try:
-            gallery = Gallery.load(self.index_dir)
+            gallery = Gallery.load(self.index_dir, old.settings.milvus_connection())
             check_compatible(gallery, old.served, str(self.index_dir))
         except WhatartError as error:
             self._refused = target
@@ -53,6 +53,6 @@ class GalleryReloader:
         # The old gallery is not closed here: requests may still be using it. Its SQLite
         # connection and memory maps are released when the last of them lets go of it.
         self.identifier = Identifier(gallery, old.encoder, old.served, old.settings)
-        metrics.GALLERY_ARTWORKS.set(len(gallery))
+        metrics.serving(len(gallery), len(gallery.vectors))
         log.info("now serving %s (%d artworks, was %d), loaded in %.2f s",
                  gallery.directory, len(gallery), len(old.gallery), time.perf_counter() - started)

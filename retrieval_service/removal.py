@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whatart.retrieval_service.gallery import Gallery, GalleryError, republish
+from whatart.retrieval_service.milvus_store import MilvusConnection
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,11 @@ class RemovalReport:
     version_dir: Path
 
 
-def remove_artworks(index_dir: Path, artwork_ids: list[str]) -> RemovalReport:
-    """Refuses (changing nothing) when an id is unknown or nothing would be left."""
+def remove_artworks(index_dir: Path, artwork_ids: list[str], milvus: MilvusConnection | None = None) -> RemovalReport:
+    """Refuses (changing nothing) when an id is unknown or nothing would be left. `milvus`:
+    how to reach a Milvus-backed index's Milvus (Gallery.load)."""
     started = time.perf_counter()
-    gallery = Gallery.load(index_dir)
+    gallery = Gallery.load(index_dir, milvus)
     try:
         unknown = [artwork_id for artwork_id in artwork_ids if gallery.metadata.row_id_of(artwork_id) is None]
         if unknown:

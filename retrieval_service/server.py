@@ -38,7 +38,7 @@ def prepare(settings: Settings) -> tuple[Gallery, ServedModel]:
     """Load and verify everything before the server binds its port, so that a bad index or
     a mismatched model stops `serve` with one clear message instead of a half-working API."""
     started = time.perf_counter()
-    gallery = Gallery.load(settings.index_dir)
+    gallery = Gallery.load(settings.index_dir, settings.milvus_connection())
     served = asyncio.run(wait_for_model(settings, gallery.manifest.model.name))
     check_compatible(gallery, served, str(settings.index_dir))
     log.info(

@@ -13,7 +13,10 @@ from pathlib import Path
 from collections.abc import Mapping
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.log_format import FORMATS
+from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusTarget
 from whatart.retrieval_service.vector_index import IndexPlan, plan_index
+from whatart.retrieval_service.vector_store import BACKENDS, MILVUS
 
 ENV_PREFIX = "WHATART_"
 INDEX_KINDS = ("auto", "exact", "ivf")
@@ -26,6 +29,8 @@ class SettingsError(WhatartError, ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    # Logs: "text" for people, "json" (one object per line, with request ids) for log pipelines.
+    log_format: str = "text"
     # Retrieval service (REST)
     host: str = "127.0.0.1"
     # When set, the REST routes under /v1 and the gRPC Identifier need
@@ -46,7 +51,8 @@ class Settings:
     max_k: int = 100
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
-    # Triton
+    # Triton: host:port of its gRPC endpoint, or a comma-separated list of replicas, over
+    # which requests are spread (encoder.py; README, "Scaling out").
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 30.0
     triton_wait_s: float = 120.0
@@ -72,6 +78,16 @@ class Settings:
     index_kind: str = "auto"
     index_memory_mb: float = 1024.0
     index_exact_max_vectors: int = 300_000
+    # Where ingest puts a new index's vectors (vector_store.py): "faiss" (in this process, a
+    # file of the index) or "milvus" (a collection in the Milvus at milvus_uri, for galleries
+    # that outgrow one machine). Readers follow what the index's manifest records.
+    index_backend: str = "faiss"
+    # Milvus: http://host:19530 for a server or cluster, or a file path ending in .db for
+    # embedded milvus-lite. Readers default to the URI the index recorded at ingest.
+    milvus_uri: str = ""
+    milvus_token: str = dataclasses.field(default="", repr=False)
+    # Index type of new collections: AUTOINDEX lets Milvus choose (HNSW, IVF_FLAT, ... also work).
+    milvus_index_type: str = "AUTOINDEX"
     # How /v1/identify and gRPC answer. "verified": the query views below, local-feature
     # votes and geometric verification (best accuracy on photos, a calibrated "not in the
     # gallery"). "global": the plain photo only, one embedding and a global search, no
@@ -142,6 +158,14 @@ class Settings:
             raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
         if self.index_kind not in INDEX_KINDS:
             raise SettingsError(f"index_kind must be one of {', '.join(INDEX_KINDS)}, got {self.index_kind!r}")
+        if self.log_format not in FORMATS:
+            raise SettingsError(f"log_format must be one of {', '.join(FORMATS)}, got {self.log_format!r}")
+        if self.index_backend not in BACKENDS:
+            raise SettingsError(f"index_backend must be one of {', '.join(BACKENDS)}, got {self.index_backend!r}")
+        if self.index_backend == MILVUS and not self.milvus_uri:
+            raise SettingsError("index_backend milvus needs WHATART_MILVUS_URI (http://host:19530, or a milvus-lite file ending in .db)")
+        if not self.triton_urls:
+            raise SettingsError(f"triton_url must name at least one host:port, got {self.triton_url!r}")
         if self.identify_mode not in IDENTIFY_MODES:
             raise SettingsError(f"identify_mode must be one of {', '.join(IDENTIFY_MODES)}, got {self.identify_mode!r}")
         if not -1 <= self.global_min_similarity <= 1:
@@ -151,6 +175,20 @@ class Settings:
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
+
+    @property
+    def triton_urls(self) -> tuple[str, ...]:
+        """The Triton replicas of `triton_url`, in order."""
+        return tuple(url.strip() for url in self.triton_url.split(",") if url.strip())
+
+    def milvus_connection(self) -> MilvusConnection | None:
+        """How to reach Milvus when one is configured (else readers use the index's recorded URI)."""
+        return MilvusConnection(self.milvus_uri, self.milvus_token) if self.milvus_uri else None
+
+    def milvus_target(self) -> MilvusTarget | None:
+        """Where ingest writes new vectors when the backend is Milvus; None for FAISS."""
+        connection = self.milvus_connection()
+        return MilvusTarget(connection, self.milvus_index_type) if self.index_backend == MILVUS and connection else None
 
     def index_plan(self, n_vectors: int, dim: int) -> IndexPlan:
         return plan_index(n_vectors, dim, self.index_memory_mb, self.index_exact_max_vectors, self.index_kind)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,13 +160,32 @@ def set_probes(index: faiss.Index, plan: IndexPlan) -> None:
         faiss.extract_index_ivf(refine.base_index).nprobe = plan.probes
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the k best per query; a two-stage IVF re-ranks REFINE_CANDIDATES
-    (or 2k, if more) fast-scan candidates."""
+    (or 2k, if more) fast-scan candidates. `allowed`: search only these vectors, given by
+    position (the order they were added in), e.g. the views of the artworks a filter keeps."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k_factor = max(2.0, REFINE_CANDIDATES / max(k, 1))
     refine = _refine_stage(index)
     if refine is not None:
-        refine.k_factor = max(2.0, REFINE_CANDIDATES / max(k, 1))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        refine.k_factor = k_factor
+    if allowed is None:
+        return index.search(queries, k)
+    # Selectors see the ids of the index they are given to: search inside the id map, where
+    # ids are positions, then translate (the IVF's own ids are positions too).
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if refine is not None:
+        probes = faiss.extract_index_ivf(refine.base_index).nprobe
+        base = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+        params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    scores, positions = inner.search(queries, k, params=params)
+    if inner is index:
+        return scores, positions
+    labels = faiss.vector_to_array(index.id_map)
+    return scores, np.where(positions >= 0, labels[np.maximum(positions, 0)], -1)
 
 
 def empty_like(index: faiss.Index) -> faiss.Index:
@@ -217,11 +237,13 @@ def exact_top_ids(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: 
     return best_ids
 
 
-def recall_against_exact(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
+def recall_against_exact(found_ids: Callable[[np.ndarray, int], np.ndarray], vectors: np.ndarray, ids: np.ndarray) -> tuple[float, float]:
     """recall@1 (the exact first id is the index's first) and recall@5 (it is among the
-    index's first five), over `queries`."""
+    index's first five), over RECALL_QUERIES stored vectors perturbed to
+    RECALL_QUERY_SIMILARITY; `found_ids(queries, k)` are the ids the measured index finds."""
+    queries = perturbed_queries(vectors, RECALL_QUERIES, RECALL_QUERY_SIMILARITY)
     truth = exact_top_ids(vectors, ids, queries, 1)[:, 0]
-    _, found = search(index, queries, 5)
+    found = found_ids(queries, 5)
     return float(np.mean(found[:, 0] == truth)), float(np.mean((found == truth[:, None]).any(axis=1)))
 
 
@@ -246,7 +268,7 @@ def _report(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, plan: Inde
     if plan.kind == EXACT:
         recall = (1.0, 1.0)
     else:
-        recall = recall_against_exact(index, vectors, ids, perturbed_queries(vectors, RECALL_QUERIES, RECALL_QUERY_SIMILARITY))
+        recall = recall_against_exact(lambda queries, k: search(index, queries, k)[1], vectors, ids)
     report = IndexReport(plan.factory, plan.probes, int(index.ntotal), int(faiss.serialize_index(index).nbytes), round(seconds, 2),
                          round(recall[0], 4), round(recall[1], 4), min(RECALL_QUERIES, len(vectors)))
     log.info("index %s over %d vectors: %.1f MB, built in %.1f s, recall@1 %.3f / @5 %.3f against exact",
@@ -274,24 +296,3 @@ def load_index(path: Path, plan: IndexPlan) -> faiss.Index:
         return faiss.index_cpu_to_all_gpus(index)
     log.info("FAISS: searching on CPU (%s build, no GPU visible)", "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU")
     return index
-
-
-def search_best_many(index: faiss.Index, queries: list[np.ndarray], k: int, vectors_per_id: int) -> list[list[tuple[int, float]]]:
-    """For each query (rows: its views), the k ids with the highest similarity to any of its
-    views, best first; all queries in one index search, which costs far less per row than
-    one search each (exact 2048-d search here: 121 rows/s one at a time, 2,515/s 64 at once).
-
-    Each view asks for k * vectors_per_id neighbours, enough for k distinct ids even when
-    every view of the same artworks comes back."""
-    depth = min(k * vectors_per_id, index.ntotal)
-    scores, ids = search(index, np.concatenate(queries), depth)
-    ranked, start = [], 0
-    for views in queries:
-        end = start + len(views)
-        best: dict[int, float] = {}
-        for score, artwork in zip(scores[start:end].ravel().tolist(), ids[start:end].ravel().tolist(), strict=True):
-            if artwork >= 0 and score > best.get(artwork, -np.inf):
-                best[artwork] = score
-        ranked.append(sorted(best.items(), key=lambda item: -item[1])[:k])
-        start = end
-    return ranked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,9 @@ def harvesters(met_images: list[Path]) -> bytes:
 def test_health_reports_triton_and_the_gallery(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "triton": "ready", "model": "efficientnet-lite0", "artworks": 174}
+    body = response.json()
+    assert body == {"status": "ok", "triton": "ready", "triton_replicas": {next(iter(body["triton_replicas"])): "ready"},
+                    "model": "efficientnet-lite0", "artworks": 174}
 
 
 def test_identify_returns_ranked_matches_with_metadata(http: httpx.Client, harvesters: bytes) -> None:
@@ -36,7 +39,7 @@ def test_identify_returns_ranked_matches_with_metadata(http: httpx.Client, harve
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "efficientnet-lite0" and body["took_ms"] > 0
-    assert set(body["timings_ms"]) == {"decode", "triton", "search", "verify"}
+    assert set(body["timings_ms"]) == {"decode", "triton", "search", "metadata", "verify"}
     assert body["in_gallery"] is True and body["confidence"] > 0.9
     matches = body["matches"]
     assert len(matches) == 5  # default k
@@ -113,7 +116,11 @@ def test_request_ids_are_echoed_and_metrics_exposed(http: httpx.Client, harveste
     metrics = http.get("/metrics/").text
     assert 'whatart_identify_requests_total{outcome="ok"}' in metrics
     assert 'whatart_stage_seconds_bucket{le="0.001",stage="triton"}' in metrics
-    assert "whatart_gallery_artworks 174.0" in metrics
+    assert "whatart_gallery_artworks 174.0" in metrics and "whatart_index_vectors 522.0" in metrics  # 3 views each
+    for stage in ("decode", "triton", "search", "metadata", "verify"):
+        assert f'whatart_stage_seconds_count{{stage="{stage}"}}' in metrics
+    assert 'whatart_identify_seconds_count{api="rest"}' in metrics
+    assert re.search(r'whatart_triton_requests_total\{endpoint="127\.0\.0\.1:\d+",outcome="ok"\} [1-9]', metrics)
 
 
 def test_artworks_are_searchable_by_text_and_filters(http: httpx.Client) -> None:
@@ -128,3 +135,14 @@ def test_artworks_are_searchable_by_text_and_filters(http: httpx.Client) -> None
     for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"year_from": "soon"}):
         response = http.get("/v1/artworks", params=bad)
         assert response.status_code == 422 and list(bad)[0] in response.text
+
+
+def test_identify_can_be_restricted_by_metadata_fields(http: httpx.Client, harvesters: bytes) -> None:
+    artist = http.get(f"/v1/artworks/{HARVESTERS}").json()["artist"]
+    same = http.post("/v1/identify", files={"image": ("h.jpg", harvesters)}, data={"artist": artist, "k": "3"}).json()
+    assert same["matches"][0]["id"] == HARVESTERS and {m["artist"] for m in same["matches"]} == {artist}
+    other = http.post("/v1/identify", files={"image": ("h.jpg", harvesters)}, data={"artist": "Claude Monet"}).json()
+    assert HARVESTERS not in [m["id"] for m in other["matches"]]
+    assert all(m["artist"] == "Claude Monet" for m in other["matches"])
+    refused = http.post("/v1/identify", files={"image": ("h.jpg", harvesters)}, data={"style": "x" * 1001})
+    assert refused.status_code == 400 and "style filter is 1,001 characters" in refused.json()["detail"]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from whatart.client.cli import build_parser
 
@@ -20,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-EXPECTED_PORTS = {8000, 8001, 8002, 8080, 50051, 7860}
-WHATART_SERVICES = {"export", "ingest", "service", "ui"}
+EXPECTED_PORTS = {8000, 8001, 8002, 8080, 50051, 7860, 9090, 3000}
+PROFILES = {
+    # profile -> (the services running whatart, the index volume); None: the default of .env
+    None: ({"export", "ingest", "service", "ui"}, "index"),
+    "milvus": ({"export", "ingest-milvus", "service-milvus", "ui"}, "index-milvus"),
+}
 
 
 def _compose_binary() -> Path:
@@ -34,14 +40,25 @@ def _compose_binary() -> Path:
     return binary
 
 
-@pytest.fixture(scope="module")
-def config() -> dict:
+def _config(profile: str | None) -> dict:
+    """`docker compose [--profile P] config`, as the compose CLI resolves it (.env included)."""
+    selection = ["--profile", profile] if profile else []
     result = subprocess.run(
-        [str(_compose_binary()), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [str(_compose_binary()), "-f", str(COMPOSE_FILE), *selection, "config", "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "COMPOSE_PROFILES"},
     )
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module", params=list(PROFILES), ids=lambda profile: profile or "default")
+def profiled(request: pytest.FixtureRequest) -> tuple[str | None, dict]:
+    return request.param, _config(request.param)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return _config(None)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -68,8 +85,12 @@ def _whatart_argv(service: dict) -> list[str] | None:
     return None
 
 
-def test_services_exist(config: dict) -> None:
-    assert {"triton", "export", "ingest", "service", "ui"} <= set(config["services"])
+def test_each_profile_runs_its_own_ingest_and_service(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
+    expected, _ = PROFILES[profile]
+    assert {"triton", "prometheus", "grafana"} | expected <= set(config["services"])
+    others = set().union(*(services for name, (services, _) in PROFILES.items() if name != profile)) - expected
+    assert not others & set(config["services"]), f"{profile or 'default'} also runs {others & set(config['services'])}"
 
 
 def test_triton_is_the_pinned_ngc_image_with_a_gpu(config: dict) -> None:
@@ -81,34 +102,93 @@ def test_triton_is_the_pinned_ngc_image_with_a_gpu(config: dict) -> None:
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    export = config["services"]["export"]["command"]
+    assert export[export.index("--flavour") + 1] == "gpu", "Triton's NGC image serves the gpu flavour"
 
 
-def test_ports_are_bound_to_loopback(config: dict) -> None:
+def test_third_party_images_are_pinned(profiled: tuple[str | None, dict]) -> None:
+    for name, service in profiled[1]["services"].items():
+        image = service["image"]
+        if not image.startswith("whatart:"):
+            tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+            assert tag and tag != "latest", f"{name}: image {image} is not pinned to a version"
+
+
+def test_ports_are_bound_to_loopback(profiled: tuple[str | None, dict]) -> None:
     published = []
-    for name, service in config["services"].items():
+    for name, service in profiled[1]["services"].items():
         for port in service.get("ports", []):
             assert port.get("host_ip") == "127.0.0.1", f"{name}: port {port} is not bound to 127.0.0.1"
             published.append(int(port["published"]))
     assert sorted(published) == sorted(EXPECTED_PORTS)
 
 
-def test_index_volume(config: dict) -> None:
-    assert "index" in config["volumes"]
-    for name in ("ingest", "service"):
+def test_index_volume(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
+    services, volume = PROFILES[profile]
+    assert volume in config["volumes"]
+    for name in services - {"export", "ui"}:
         mounts = {(v["source"], v["target"]) for v in config["services"][name]["volumes"] if v["type"] == "volume"}
-        assert ("index", "/index") in mounts, f"{name} does not mount the index volume at /index"
+        assert (volume, "/index") in mounts, f"{name} does not mount the {volume} volume at /index"
 
 
-def test_start_order(config: dict) -> None:
+def test_start_order(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
     services = config["services"]
-    assert services["ingest"]["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert services["service"]["depends_on"]["ingest"]["condition"] == "service_completed_successfully"
-    assert services["service"]["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert services["ui"]["depends_on"]["service"]["condition"] == "service_healthy"
-    assert services["service"]["healthcheck"]["test"], "service has no healthcheck"
+    ingest, service = ("ingest", "service") if profile is None else ("ingest-milvus", "service-milvus")
+    assert services[ingest]["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert services[service]["depends_on"][ingest]["condition"] == "service_completed_successfully"
+    assert services[service]["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert services["ui"]["depends_on"][service]["condition"] == "service_healthy"
+    assert services[service]["healthcheck"]["test"], f"{service} has no healthcheck"
 
 
-def test_whatart_commands_exist_in_the_cli(config: dict) -> None:
+def test_the_milvus_profile_points_ingest_and_service_at_milvus(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
+    services = config["services"]
+    if profile is None:
+        assert "milvus" not in services and "WHATART_INDEX_BACKEND" not in services["service"]["environment"]
+        return
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"] and "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
+    for dependency in ("milvus-etcd", "milvus-minio"):
+        assert milvus["depends_on"][dependency]["condition"] == "service_healthy"
+    for name in ("ingest-milvus", "service-milvus"):
+        environment = services[name]["environment"]
+        assert environment["WHATART_INDEX_BACKEND"] == "milvus"
+        assert environment["WHATART_MILVUS_URI"] == "http://milvus:19530"
+        assert services[name]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert "service" in services["service-milvus"]["networks"]["default"]["aliases"], "the UI and Prometheus find it as `service`"
+
+
+def test_prometheus_scrapes_triton_and_the_service_on_their_ports(profiled: tuple[str | None, dict]) -> None:
+    services = profiled[1]["services"]
+    mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
+    scrape = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    targets = {target for job in scrape["scrape_configs"] for group in job["static_configs"] for target in group["targets"]}
+    assert targets == {"triton:8002", "service:8080"}
+    triton_ports = {int(port["target"]) for port in services["triton"]["ports"]}
+    assert 8002 in triton_ports and services["triton"]["command"][0] == "tritonserver"
+
+
+def test_bind_mounts_exist_in_the_repository(profiled: tuple[str | None, dict]) -> None:
+    for name, service in profiled[1]["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind" and not volume["source"].endswith("model_repository"):  # written by `export`
+                assert Path(volume["source"]).exists(), f"{name} mounts {volume['source']}, which is not in the repository"
+
+
+def test_grafana_loads_the_dashboard_from_its_provisioned_path(config: dict) -> None:
+    grafana = config["services"]["grafana"]
+    mounts = {v["target"]: Path(v["source"]) for v in grafana["volumes"] if v["type"] == "bind"}
+    provider = yaml.safe_load((mounts["/etc/grafana/provisioning"] / "dashboards" / "whatart.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert (mounts[path] / "whatart.json").exists()
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{path}/whatart.json"
+
+
+def test_whatart_commands_exist_in_the_cli(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
     parser = build_parser()
     subcommands = _subcommands(parser)
     seen = {}
@@ -123,4 +203,4 @@ def test_whatart_commands_exist_in_the_cli(config: dict) -> None:
         except SystemExit:
             pytest.fail(f"{name}: `whatart {' '.join(argv)}` does not parse")
         seen[name] = argv[0]
-    assert set(seen) == WHATART_SERVICES, f"services running whatart: {seen}"
+    assert set(seen) == PROFILES[profile][0], f"services running whatart: {seen}"

@@ -30,7 +30,7 @@ def test_global_mode_finds_gallery_images_without_verifying(global_service: str,
         answer = _identify(global_service, path.read_bytes())
         top = answer["matches"][0]
         assert top["id"] == f"met-{path.stem}", (path, top["id"])
-        assert set(answer["timings_ms"]) == {"decode", "triton", "search"}
+        assert set(answer["timings_ms"]) == {"decode", "triton", "search", "metadata"}
         assert all(match["inliers"] is None for match in answer["matches"]) and len(answer["matches"]) == 3
         assert answer["in_gallery"] and answer["confidence"] == pytest.approx(min(top["score"], 1.0), abs=1e-4)
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from tests.conftest import ServiceEndpoints
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.grpc_api import generate
+from whatart.retrieval_service.metadata import MetadataFilter
 
 MET_ID = "met-{}"
 
@@ -77,3 +78,18 @@ def test_generated_stubs_match_the_proto() -> None:
         generate.generate(Path(scratch))
         for name in ("whatart_pb2.py", "whatart_pb2_grpc.py"):
             assert (Path(scratch) / name).read_text() == (generate.HERE / name).read_text(), f"run `make proto`: {name} is stale"
+
+
+def test_identify_can_be_restricted_by_metadata_fields(service: ServiceEndpoints, met_images: list[Path]) -> None:
+    harvesters = next(path for path in met_images if path.stem == "435809")  # a work with a known artist
+    image = harvesters.read_bytes()
+    with WhatartGrpcClient(service.grpc) as client:
+        artist = client.identify(image, k=1)["matches"][0]["artist"]
+        same = client.identify(image, k=3, where=MetadataFilter(artist=artist))
+        other = client.identify(image, k=3, where=MetadataFilter(genre="no such genre"))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.identify(image, where=MetadataFilter(artist="tab\there"))
+    assert artist and same["matches"][0]["id"] == _met_id(harvesters) and {m["artist"] for m in same["matches"]} == {artist}
+    assert other["matches"] == [] and not other["in_gallery"]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "artist filter contains control characters" in refused.value.details()

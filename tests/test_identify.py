@@ -45,3 +45,14 @@ def test_identify_without_a_service_says_so(met_images: list[Path]) -> None:
     assert result.returncode == 1
     (line,) = json_lines(result.stdout)
     assert "cannot reach the whatart service at http://127.0.0.1:9" in line["error"]
+
+
+def test_identify_restricted_to_an_artist(service_url: str, met_images: list[Path], tmp_path: Path) -> None:
+    harvesters = next(path for path in met_images if path.stem == "435809")
+    artist = json_lines(run_cli("identify", str(harvesters), "--server", service_url, "--k", "1").stdout)[0]["matches"][0]["artist"]
+    result = run_cli("identify", str(harvesters), "--server", service_url, "--k", "3", "--artist", artist)
+    (answer,) = json_lines(result.stdout)
+    assert result.returncode == 0 and answer["matches"][0]["id"] == "met-435809"
+    assert {match["artist"] for match in answer["matches"]} == {artist}
+    refused = run_cli("identify", str(harvesters), "--server", service_url, "--genre", "")
+    assert refused.returncode == 2 and "the genre filter is empty" in refused.stderr, "checked before any image is sent"

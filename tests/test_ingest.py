@@ -17,7 +17,7 @@ from whatart.retrieval_service.gallery import Gallery
 
 def test_demo_gallery_is_complete_and_built_with_the_served_model(demo_index: Path) -> None:
     gallery = Gallery.load(demo_index)
-    assert len(gallery) == 174 and gallery.index.ntotal == 174 * len(gallery.manifest.gallery_blurs)
+    assert len(gallery) == 174 and len(gallery.vectors) == 174 * len(gallery.manifest.gallery_blurs)
     assert gallery.manifest.gallery_blurs == [0.0, 1.5, 3.0]
     harvesters = gallery.metadata.by_id("met-435809")
     assert len(gallery.local_features(gallery.metadata.row_id_of(harvesters.id))) >= 150, "local features are stored"
@@ -96,7 +96,7 @@ def test_a_killed_ingest_resumes_with_nothing_lost_or_twice(triton: TritonEndpoi
     gallery = Gallery.load(index)
     ids = [a.id for a in gallery.metadata.in_row_order()]
     assert len(ids) == len(set(ids)) == 160 and set(ids) == {f"gen-{i}" for i in range(160)}
-    assert gallery.index.ntotal == 160 * len(gallery.manifest.gallery_blurs)
+    assert len(gallery.vectors) == 160 * len(gallery.manifest.gallery_blurs)
     gallery.close()
     assert not list((index / "ingest-work").iterdir()), "the work folder is cleared after publishing"
 

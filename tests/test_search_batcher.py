@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from whatart.retrieval_service.gallery import Gallery, GalleryError
+from whatart.retrieval_service.metadata import MetadataFilter
 from whatart.retrieval_service.search_batcher import SearchBatcher
 
 
@@ -34,8 +35,8 @@ def test_waiting_queries_are_searched_together_and_each_gets_its_own_answer(demo
     assert (count, total) == (3, 20), "20 waiting queries, at most 8 per search: 3 searches"
     for query, k, found in zip(queries, ks, together, strict=True):
         alone = gallery.search(query, k)
-        assert [(a.id, row) for a, _, row in found] == [(a.id, row) for a, _, row in alone] and len(found) == k
-    assert together[0][0][2] == 0, "a stored artwork's own views find it first"
+        assert [row for row, _ in found] == [row for _, _, row in alone] and len(found) == k
+    assert together[0][0][0] == 0, "a stored artwork's own views find it first"
     gallery.close()
 
 
@@ -50,7 +51,30 @@ def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(dem
 
     failed, later = asyncio.run(scenario())
     assert all(isinstance(outcome, ValueError) for outcome in failed), failed
-    assert later[0][2] == 3
+    assert later[0][0] == 3
+    gallery.close()
+
+
+def test_queries_with_different_filters_are_searched_apart_each_within_its_filter(demo_index: Path) -> None:
+    gallery = Gallery.load(demo_index)
+    artworks = gallery.metadata.in_row_order()
+    artist = artworks[10].artist
+    only_artist = MetadataFilter(artist=artist)
+    query = np.asarray(gallery.embeddings[10, :1], dtype=np.float32)
+    other = np.asarray(gallery.embeddings[next(i for i, a in enumerate(artworks) if a.artist != artist), :1], dtype=np.float32)
+    batcher = SearchBatcher(gallery)
+    before = _batches()
+
+    async def mixed() -> list:
+        return await asyncio.gather(batcher.search(query, 5, only_artist), batcher.search(other, 5), batcher.search(other, 5, only_artist))
+
+    filtered, unfiltered, other_filtered = asyncio.run(mixed())
+    count, total = (after - start for after, start in zip(_batches(), before, strict=True))
+    assert (count, total) == (2, 3), "the two queries with the same filter share a search"
+    expected = {row for row, a in enumerate(artworks) if a.artist == artist}
+    assert filtered[0][0] == 10 and {row for row, _ in filtered + other_filtered} <= expected
+    assert len(other_filtered) == min(5, len(expected))
+    assert unfiltered[0][0] not in expected, "without the filter the other artist's work comes first"
     gallery.close()
 
 

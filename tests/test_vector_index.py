@@ -8,7 +8,13 @@ import pytest
 
 from whatart.retrieval_service import vector_index
 from whatart.retrieval_service.evaluation.distractors import EmbeddingModel, fidelity, lift
+from whatart.retrieval_service.metadata import MetadataFilter
 from whatart.retrieval_service.vector_index import EXACT, IVF, IndexPlan, plan_index
+from whatart.retrieval_service.vector_store import FaissStore, best_per_artwork
+
+
+def _no_filter(where: MetadataFilter) -> list[int]:
+    raise AssertionError("no filter was given")
 
 
 def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -42,19 +48,22 @@ def test_an_ivf_agrees_with_exact_search_and_refills_without_training() -> None:
     refilled, again = vector_index.refill_and_measure(index, vectors[:10_000], ids[:10_000], plan)
     assert refilled.ntotal == 10_000 and index.ntotal == 20_000, "the refill is a copy"
     assert again.recall_at_1 >= 0.9
-    [found] = vector_index.search_best_many(refilled, [vectors[:1]], k=3, vectors_per_id=2)
+    [found] = best_per_artwork(FaissStore(refilled, 2, plan.factory, _no_filter), [vectors[:1]], k=3)
     assert found[0][0] == 0 and len({i for i, _ in found}) == 3
 
 
-def test_queries_searched_together_get_what_each_gets_alone() -> None:
-    vectors = _clustered(5_000, 64, seed=3)
-    ids = np.arange(len(vectors)) // 3  # three views per artwork
-    index = vector_index.build_index(vectors, ids, IndexPlan(EXACT, 64))
-    queries = [vector_index.perturbed_queries(vectors[i * 300 : i * 300 + 300], views, 0.8, seed=i) for i, views in enumerate([1, 4, 2])]
-    together = vector_index.search_best_many(index, queries, k=5, vectors_per_id=3)
-    alone = [vector_index.search_best_many(index, [q], k=5, vectors_per_id=3)[0] for q in queries]
-    assert [[i for i, _ in r] for r in together] == [[i for i, _ in r] for r in alone]
-    assert all(len(r) == 5 and len({i for i, _ in r}) == 5 for r in together)
+def test_a_filter_searches_only_the_allowed_vectors_of_an_ivf() -> None:
+    vectors = _clustered(20_000, 256, seed=1)
+    ids = np.arange(len(vectors)) // 2
+    index = vector_index.build_index(vectors, ids, IndexPlan(IVF, 256, reduced_dim=128, lists=256, probes=64))
+    allowed_rows = np.arange(1, 10_000, 3)
+    positions = np.concatenate([allowed_rows * 2, allowed_rows * 2 + 1])
+    scores, found = vector_index.search(index, vectors[:40], 10, allowed=positions)
+    assert set(found.ravel().tolist()) <= set(allowed_rows.tolist())
+    own = np.arange(40) // 2
+    kept = np.isin(own, allowed_rows)
+    assert kept.sum() >= 10 and (found[kept, 0] == own[kept]).all(), "an allowed vector's own artwork still comes first"
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
 def test_exact_top_ids_match_a_full_sort_across_chunks() -> None:

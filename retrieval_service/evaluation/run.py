@@ -26,12 +26,12 @@ PROTOCOL_NAMES = ("seed", "photo", "open-set")
 async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: TritonEncoder, settings: Settings) -> Gallery:
     """Reuse the index when ingesting the source again would rebuild the same one."""
     served = await encoder.served_model()
-    reusable = current_gallery(index_dir, served.identity, source, settings.gallery_blurs)
+    reusable = current_gallery(index_dir, served.identity, source, settings)
     if reusable is not None:
         log.info("reusing the index at %s", index_dir)
         return reusable
     await ingest(source, index_dir, encoder, settings)
-    return Gallery.load(index_dir)
+    return Gallery.load(index_dir, settings.milvus_connection())
 
 
 async def _retrieval(identifier: Identifier, artworks: list[Artwork], protocol: str, n: int, seed: int,

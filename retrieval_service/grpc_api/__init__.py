@@ -21,6 +21,8 @@ from whatart.retrieval_service.admission import Admission, Overloaded
 from whatart.retrieval_service.encoder import EncoderUnavailable
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 from whatart.retrieval_service.images import ImageError
+from whatart.retrieval_service.log_format import REQUEST_ID
+from whatart.retrieval_service.metadata import FILTER_FIELDS, FilterError, MetadataFilter
 from whatart.retrieval_service.observed import identify_observed
 from whatart.retrieval_service.reloader import GalleryReloader
 from whatart.retrieval_service.settings import Settings
@@ -61,6 +63,17 @@ class RequestRefused(Exception):
         self.code = code
 
 
+def _metadata_filter(request: whatart_pb2.IdentifyRequest) -> MetadataFilter | None:
+    """The request's filter (its fields that are set), validated; None when it has none."""
+    if not request.HasField("filter"):
+        return None
+    given = {name: getattr(request.filter, name) for name in FILTER_FIELDS if request.filter.HasField(name)}
+    try:
+        return MetadataFilter(**given).validated()
+    except FilterError as error:
+        raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+
+
 class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
     def __init__(self, galleries: GalleryReloader, admission: Admission, settings: Settings) -> None:
         self.galleries, self.admission, self.settings = galleries, admission, settings
@@ -70,22 +83,24 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         `refusable`: may be refused when the service is full (admission.py); stream items are not."""
         settings = self.settings
         request_id = request.request_id or uuid.uuid4().hex[:16]
+        REQUEST_ID.set(request_id)
         k = request.k or settings.default_k
         if not 1 <= k <= settings.max_k:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"k must be between 1 and {settings.max_k}, got {request.k}")
         if len(request.image) > settings.max_upload_bytes:
             raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"the image is {len(request.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
+        where = _metadata_filter(request)
         identifier = await self.galleries.current()
         try:
             with self.admission.admitted(refusable):
-                result = await identify_observed(identifier, request.image, k, request_id, "grpc")
+                result = await identify_observed(identifier, request.image, k, "grpc", where)
         except Overloaded as error:
             raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except ImageError as error:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except EncoderUnavailable as error:
-            log.warning("[%s] encoder unavailable: %s", request_id, error)
+            log.warning("encoder unavailable: %s", error)
             raise RequestRefused(grpc.StatusCode.UNAVAILABLE, "the encoder (Triton) is unavailable; try again shortly") from None
         return json_format.ParseDict({**result.to_json(), "request_id": request_id}, whatart_pb2.IdentifyResponse())
 
