@@ -50,6 +50,9 @@ UNREACHABLE = "StatusCode.UNAVAILABLE"
 """tritonclient's status when no connection could be made (Triton down or restarting)"""
 PASSED_OVER_S = 2.0
 """How long a replica that could not be reached goes to the back of the queue."""
+READY_TIMEOUT_S = 2.0
+"""A readiness question a replica has not answered by then counts as not ready (a dropped
+network must not hold /health)."""
 MAX_MESSAGE_BYTES = 2**31 - 1
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -88,16 +91,17 @@ class TritonEncoder:
         return sorted(self._replicas, key=lambda r: (r.unreachable_until > now, r.in_flight, r.picked))
 
     async def is_ready(self) -> bool:
-        """Whether any replica serves the model (each is asked in turn)."""
-        return any([await self._ready(replica) for replica in self._replicas])
+        """Whether any replica serves the model."""
+        return any((await self.readiness()).values())
 
     async def readiness(self) -> dict[str, bool]:
-        """Each replica's readiness, for /health."""
-        return {replica.url: await self._ready(replica) for replica in self._replicas}
+        """Each replica's readiness (asked together, each for at most READY_TIMEOUT_S), for /health."""
+        answers = await asyncio.gather(*(self._ready(replica) for replica in self._replicas))
+        return {replica.url: ready for replica, ready in zip(self._replicas, answers, strict=True)}
 
     async def _ready(self, replica: _Replica) -> bool:
         try:
-            return await replica.client.is_model_ready(self.model_name)
+            return await replica.client.is_model_ready(self.model_name, client_timeout=READY_TIMEOUT_S)
         except InferenceServerException:
             return False
 
