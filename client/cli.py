@@ -247,8 +247,7 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _metadata_filter(args: argparse.Namespace) -> MetadataFilter | None:
     """--artist/--genre/--style, validated before any image is sent; None when none is given."""
-    where = MetadataFilter(args.artist, args.genre, args.style)
-    return where.validated() if where.conditions() else None
+    return MetadataFilter.of(**{field: getattr(args, field) for field in FILTER_FIELDS})
 
 
 def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:

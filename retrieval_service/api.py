@@ -116,7 +116,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     ) -> JSONResponse:
         identifier = await current(request)
         k = _parse_k(k_form if k_form is not None else k_query, settings)
-        where = MetadataFilter(artist, genre, style).validated()
+        where = MetadataFilter.of(artist=artist, genre=genre, style=style)
         if image is None:
             raise HTTPException(400, "send the image as the multipart form field 'image'")
         data = await image.read(settings.max_upload_bytes + 1)

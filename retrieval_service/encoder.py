@@ -29,6 +29,7 @@ from whatart.retrieval_service.model_contract import (
     head_labels_parameter,
     head_output_name,
 )
+from whatart.retrieval_service.settings import replica_urls
 
 
 class EncoderUnavailable(WhatartError):
@@ -82,8 +83,8 @@ class TritonEncoder:
         self.timeout_s = timeout_s
         self.retry_waits_s = retry_waits_s
         """when no replica can be reached, all are tried again after each of these waits, then given up on"""
-        urls = [part.strip() for part in url.split(",") if part.strip()]
-        self._replicas = [_Replica(replica, grpcclient.InferenceServerClient(replica, channel_args=CHANNEL_OPTIONS)) for replica in urls]
+        self._replicas = [_Replica(replica, grpcclient.InferenceServerClient(replica, channel_args=CHANNEL_OPTIONS))
+                          for replica in replica_urls(url)]
 
     def _by_preference(self) -> list[_Replica]:
         """Every replica once: reachable before recently unreachable, then fewest in flight, then least used."""

@@ -173,10 +173,14 @@ def publish(
     return final
 
 
+def _flat_with_ids(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[artworks, views, dim] as [artworks x views, dim] rows, each with its artwork's row id."""
+    return vectors.reshape(-1, vectors.shape[2]), np.repeat(np.arange(vectors.shape[0]), vectors.shape[1])
+
+
 def _write_faiss(staging: Path, vectors: np.ndarray, plan: vector_index.IndexPlan, trained: faiss.Index | None) -> dict:
     """Build (or refill `trained`) and save the FAISS index; its manifest entry."""
-    ids = np.repeat(np.arange(vectors.shape[0]), vectors.shape[1])
-    flat = vectors.reshape(-1, vectors.shape[2])
+    flat, ids = _flat_with_ids(vectors)
     if trained is None:
         index, report = vector_index.build_and_measure(flat, ids, plan)
     else:
@@ -188,8 +192,7 @@ def _write_faiss(staging: Path, vectors: np.ndarray, plan: vector_index.IndexPla
 def _write_milvus(target: MilvusTarget, collection: str, vectors: np.ndarray, artworks: list[Artwork]) -> dict:
     """Write the collection and measure its recall against exact search; its manifest entry."""
     seconds = milvus_store.write_collection(target.connection, collection, vectors, artworks, target.index_type)
-    flat = vectors.reshape(-1, vectors.shape[2])
-    ids = np.repeat(np.arange(vectors.shape[0]), vectors.shape[1])
+    flat, ids = _flat_with_ids(vectors)
     store = milvus_store.MilvusStore(target.connection, collection, vectors.shape[1])
     try:
         recall = vector_index.recall_against_exact(lambda queries, k: store.search(queries, k)[1], flat, ids)

@@ -54,6 +54,14 @@ class MetadataFilter:
     genre: str | None = None
     style: str | None = None
 
+    @classmethod
+    def of(cls, **fields: str | None) -> MetadataFilter | None:
+        """The validated filter of the fields given (None values are not given); None when
+        none is, so that unfiltered requests look alike wherever they come from (and are
+        searched together: search_batcher.py)."""
+        where = cls(**fields)
+        return where.validated() if where.conditions() else None
+
     def validated(self) -> MetadataFilter:
         """This filter, or FilterError naming the first unusable value (values reach SQL as
         parameters and Milvus as escaped literals; control characters have no place in either)."""

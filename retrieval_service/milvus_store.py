@@ -36,7 +36,7 @@ INSERT_ROWS = 2_000
 MAX_DEPTH = 16_384
 """Milvus's largest top-k per search."""
 COLLECTION_PREFIX = "whatart_"
-LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"'}
 
 
 class MilvusError(WhatartError):
@@ -56,7 +56,8 @@ class MilvusConnection:
         try:
             return MilvusClient(uri=self.uri, token=self.token)
         except Exception as error:  # pymilvus raises its own and grpc's exception types
-            raise MilvusError(f"cannot connect to Milvus at {self.uri}: {error}") from None
+            raise MilvusError(f"cannot connect to Milvus at {self.uri} ({error}): check that it runs there, or point "
+                              "WHATART_MILVUS_URI (and WHATART_MILVUS_TOKEN) at it") from None
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def filter_expression(where: MetadataFilter) -> str:
 
 def _literal(value: str) -> str:
     """A Milvus string literal (milvus-lite has no filter templates to pass values apart)."""
-    if any(ord(char) < 32 and char not in LITERAL_ESCAPES for char in value):
+    if any(ord(char) < 32 for char in value):  # MetadataFilter.validated refuses them before this
         raise ValueError(f"filter value {value!r} contains control characters")
     return '"' + "".join(LITERAL_ESCAPES.get(char, char) for char in value) + '"'
 

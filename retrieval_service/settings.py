@@ -23,6 +23,11 @@ INDEX_KINDS = ("auto", "exact", "ivf")
 IDENTIFY_MODES = ("verified", "global")
 
 
+def replica_urls(triton_url: str) -> tuple[str, ...]:
+    """The Triton replicas a `triton_url` setting names (comma-separated), in order."""
+    return tuple(url.strip() for url in triton_url.split(",") if url.strip())
+
+
 class SettingsError(WhatartError, ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
@@ -164,7 +169,7 @@ class Settings:
             raise SettingsError(f"index_backend must be one of {', '.join(BACKENDS)}, got {self.index_backend!r}")
         if self.index_backend == MILVUS and not self.milvus_uri:
             raise SettingsError("index_backend milvus needs WHATART_MILVUS_URI (http://host:19530, or a milvus-lite file ending in .db)")
-        if not self.triton_urls:
+        if not replica_urls(self.triton_url):
             raise SettingsError(f"triton_url must name at least one host:port, got {self.triton_url!r}")
         if self.identify_mode not in IDENTIFY_MODES:
             raise SettingsError(f"identify_mode must be one of {', '.join(IDENTIFY_MODES)}, got {self.identify_mode!r}")
@@ -175,11 +180,6 @@ class Settings:
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
-
-    @property
-    def triton_urls(self) -> tuple[str, ...]:
-        """The Triton replicas of `triton_url`, in order."""
-        return tuple(url.strip() for url in self.triton_url.split(",") if url.strip())
 
     def milvus_connection(self) -> MilvusConnection | None:
         """How to reach Milvus when one is configured (else readers use the index's recorded URI)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from whatart.retrieval_service.metadata import Artwork, ArtworkQuery, MetadataStore, write_metadata, year_of
+from whatart.retrieval_service.metadata import Artwork, ArtworkQuery, FilterError, MetadataFilter, MetadataStore, write_metadata, year_of
 
 ARTWORKS = [
     Artwork("a1", "Claude Monet", "Impression, soleil levant", "landscape", "Impressionism", "1872"),
@@ -54,3 +54,12 @@ def test_pages_and_totals(store: MetadataStore) -> None:
 def test_query_syntax_in_user_text_is_just_words(store: MetadataStore) -> None:
     assert _ids(store, text='"quoted") OR NEAR(*') == ["a5"]
     assert _ids(store, text="*** ()") == ["a1", "a2", "a3", "a4", "a5"], "no words: no text condition"
+
+
+def test_a_filter_of_no_fields_is_no_filter_and_bad_values_are_named() -> None:
+    # REST's absent form fields, gRPC's unset filter and the CLI's absent flags all mean None,
+    # so unfiltered requests from every API share index searches (search_batcher.py)
+    assert MetadataFilter.of(artist=None, genre=None, style=None) is None
+    assert MetadataFilter.of(genre="portrait") == MetadataFilter(genre="portrait")
+    with pytest.raises(FilterError, match="the style filter is empty"):
+        MetadataFilter.of(style="  ")

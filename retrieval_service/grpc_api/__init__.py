@@ -65,11 +65,9 @@ class RequestRefused(Exception):
 
 def _metadata_filter(request: whatart_pb2.IdentifyRequest) -> MetadataFilter | None:
     """The request's filter (its fields that are set), validated; None when it has none."""
-    if not request.HasField("filter"):
-        return None
     given = {name: getattr(request.filter, name) for name in FILTER_FIELDS if request.filter.HasField(name)}
     try:
-        return MetadataFilter(**given).validated()
+        return MetadataFilter.of(**given)
     except FilterError as error:
         raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
