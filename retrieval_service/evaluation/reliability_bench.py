@@ -153,7 +153,7 @@ def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artw
     triton = TritonProcess(config, log_path=work / "triton.log")
     triton.start()
     triton_url = f"127.0.0.1:{config.grpc_port}"
-    service = ServiceProcess(index_dir, triton_url, "verified")
+    service = ServiceProcess(index_dir, triton_url, "verified", log_file=work / "service.log")
     try:
         service.start()
         figures: dict[str, object] = {"inputs": try_inputs(service.address.url, named_inputs(paths[0], max_upload_bytes))}

@@ -62,13 +62,13 @@ class ServiceProcess:
     """`whatart serve --mode MODE` on fixed free ports, which can be killed and started again
     at the same address; its log goes to a file."""
 
-    def __init__(self, index_dir: Path, triton_url: str, mode: str) -> None:
+    def __init__(self, index_dir: Path, triton_url: str, mode: str, log_file: Path | None = None) -> None:
         port, grpc_port = free_port(), free_port()
         self.address = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
         whatart = str(Path(sys.executable).with_name("whatart"))
         self.command = [whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
                         "--port", str(port), "--grpc-port", str(grpc_port)]
-        self.log_file = Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
+        self.log_file = log_file or Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -103,6 +103,7 @@ def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Ser
         yield service.address
     finally:
         service.stop()
+    service.log_file.unlink()  # kept only when the bench failed, for its error to point at
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log_file: Path) -> None:
