@@ -14,13 +14,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
-# Pinned to the versions the test suite ran with (constraints.txt). faiss-cpu and
-# faiss-gpu-cu12 install the same `faiss` module, as do onnxruntime and onnxruntime-gpu: with
-# the gpu extra, the CPU builds are removed and the GPU ones reinstalled over what they shared.
+# Pinned to the versions the test suite ran with (constraints.txt; the gpu extra's two
+# packages are not in it: the suite runs on CPU). faiss-cpu and faiss-gpu-cu12 install the
+# same `faiss` module, as do onnxruntime and onnxruntime-gpu: with the gpu extra, the CPU
+# builds are removed and the GPU ones reinstalled, at the versions just resolved, over what
+# they shared.
 RUN pip install -c constraints.txt ".[${EXTRAS}]" \
     && if pip show faiss-gpu-cu12 >/dev/null 2>&1; then \
-         pip uninstall -y faiss-cpu onnxruntime \
-         && pip install --no-deps --force-reinstall faiss-gpu-cu12 onnxruntime-gpu; \
+         gpu_builds="$(pip freeze | grep -E '^(faiss-gpu-cu12|onnxruntime-gpu)==')" \
+         && pip uninstall -y faiss-cpu onnxruntime \
+         && pip install --no-deps --force-reinstall ${gpu_builds}; \
        fi
 
 # Unprivileged user (uid 1000). Mount points exist and are owned by it, so fresh named

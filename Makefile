@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.whatart-installed
+EXTRAS := triton,export,ui,wikiart,milvus,test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install lock browser proto clean
@@ -14,13 +15,13 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[triton,export,ui,wikiart,milvus,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
 ## lock: re-pin constraints.txt to what the extras resolve to now (after changing pyproject.toml)
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[triton,export,ui,wikiart,milvus,test]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^whatart'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt
 

@@ -36,7 +36,9 @@ class Admission:
             raise Overloaded(f"the service is busy ({self.pending} identifications in progress, the limit is "
                              f"{self.limit}); retry after {RETRY_AFTER_S} s")
         self.pending += 1
+        metrics.IN_FLIGHT.set(self.pending)
         try:
             yield
         finally:
             self.pending -= 1
+            metrics.IN_FLIGHT.set(self.pending)

@@ -17,7 +17,8 @@ from whatart.retrieval_service import metrics
 from whatart.retrieval_service.access import PROTECTED_REST_PREFIX, authorised, refusal
 from whatart.retrieval_service.admission import RETRY_AFTER_S as BUSY_RETRY_AFTER_S
 from whatart.retrieval_service.admission import Admission, Overloaded
-from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
+from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
+from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.grpc_api import GrpcServer
 from whatart.retrieval_service.identifier import Identifier
@@ -30,7 +31,7 @@ from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ENCODER_RETRY_AFTER_S = "5"
+UNAVAILABLE_RETRY_AFTER_S = "5"
 
 
 def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> FastAPI:
@@ -82,10 +83,10 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     async def overloaded(request: Request, error: Overloaded) -> JSONResponse:
         return _error(429, str(error), {"Retry-After": str(BUSY_RETRY_AFTER_S)})
 
-    @app.exception_handler(EncoderUnavailable)
-    async def encoder_unavailable(request: Request, error: EncoderUnavailable) -> JSONResponse:
-        log.warning("encoder unavailable: %s", error)
-        return _error(503, "the encoder (Triton) is unavailable; try again shortly", {"Retry-After": ENCODER_RETRY_AFTER_S})
+    @app.exception_handler(DependencyUnavailable)
+    async def dependency_unavailable(request: Request, error: DependencyUnavailable) -> JSONResponse:
+        log.warning("%s", error)
+        return _error(503, error.public_message, {"Retry-After": UNAVAILABLE_RETRY_AFTER_S})
 
     async def current(request: Request) -> Identifier:
         return await request.app.state.galleries.current()

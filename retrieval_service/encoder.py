@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from whatart.retrieval_service import metrics
-from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.model_contract import (
     HEAD_TASKS,
     INPUT_NAME,
@@ -32,8 +32,10 @@ from whatart.retrieval_service.model_contract import (
 from whatart.retrieval_service.settings import replica_urls
 
 
-class EncoderUnavailable(WhatartError):
+class EncoderUnavailable(DependencyUnavailable):
     """Triton is unreachable, not ready, or does not serve the model; the message says which."""
+
+    part = "the encoder (Triton)"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class ServedModel:
     max_batch_size: int
     heads: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """task (style, genre) -> label names, for the classification heads the graph carries"""
+
+    def differences(self, other: ServedModel) -> list[str]:
+        """What makes answers from the two differ (batch limits do not), in words."""
+        found = self.identity.differences(other.identity)
+        if self.input_size != other.input_size:
+            found.append(f"input size: {self.input_size} != {other.input_size} px")
+        tasks = sorted(task for task in {*self.heads, *other.heads} if self.heads.get(task) != other.heads.get(task))
+        if tasks:
+            found.append(f"the {', '.join(tasks)} head's labels differ")
+        return found
 
 
 UNREACHABLE = "StatusCode.UNAVAILABLE"
@@ -121,10 +133,10 @@ class TritonEncoder:
             raise EncoderUnavailable(f"no Triton replica of {self.url} serves model {self.model_name!r}")
         (first_url, first), *others = described.items()
         for other_url, other in others:
-            if other != first:
+            if differences := first.differences(other):
                 raise EncoderUnavailable(
-                    f"Triton replicas disagree about model {self.model_name!r}: {first_url} serves {first.identity}, "
-                    f"{other_url} serves {other.identity} (with input {other.input_size} px); serve one export on all of them"
+                    f"Triton replicas disagree about model {self.model_name!r} ({first_url} vs {other_url}: {'; '.join(differences)}); "
+                    "serve one export on all of them"
                 )
         return first
 

@@ -255,19 +255,22 @@ def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
 
 
 def _drop_collection_of(version: Path, milvus: MilvusConnection | None) -> None:
-    """Drop an old Milvus version's collection (through `milvus`, else the URI it recorded);
-    a failure is logged, not raised: the new version is already published."""
+    """Drop an old Milvus version's collection (through `milvus`, else the URI it recorded)."""
     try:
         entry = Manifest.from_json((version / MANIFEST).read_text()).index
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if entry.get("backend") != vector_store.MILVUS:
-        return
-    connection = milvus or MilvusConnection(entry["milvus"]["uri"])
+    if entry.get("backend") == vector_store.MILVUS:
+        recorded = entry["milvus"]
+        _drop_collection(milvus or MilvusConnection(recorded["uri"]), recorded["collection"], f"pruned version {version.name}")
+
+
+def _drop_collection(connection: MilvusConnection, name: str, whose: str) -> None:
+    """A failure is logged, not raised: pruning is housekeeping after the new version is published."""
     try:
-        milvus_store.drop_collection(connection, entry["milvus"]["collection"])
-    except Exception as error:  # noqa: BLE001 - pruning is housekeeping
-        log.warning("could not drop Milvus collection %s of pruned version %s: %s", entry["milvus"]["collection"], version.name, error)
+        milvus_store.drop_collection(connection, name)
+    except Exception as error:  # noqa: BLE001
+        log.warning("could not drop Milvus collection %s of %s: %s", name, whose, error)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -291,6 +294,9 @@ def _prune(versions: Path, keep: Path, milvus: MilvusConnection | None) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for partial in versions.glob(".*.partial"):
         if partial != keep:
+            if milvus is not None:  # a publish that failed or was killed after writing its collection
+                stamp = partial.name.removeprefix(".").removesuffix(".partial")
+                _drop_collection(milvus, milvus_store.collection_name(stamp), f"abandoned {partial.name}")
             shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -338,11 +344,15 @@ class Gallery:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
         metadata = MetadataStore(directory / METADATA)
         views = len(manifest.gallery_blurs)
-        if manifest.backend == vector_store.MILVUS:
-            recorded = manifest.index["milvus"]
-            store = milvus_store.MilvusStore(milvus or MilvusConnection(recorded["uri"]), recorded["collection"], views)
-        else:
-            store = vector_store.open_faiss(directory / VECTORS, manifest.index_plan, views, metadata.row_ids_matching)
+        try:
+            if manifest.backend == vector_store.MILVUS:
+                recorded = manifest.index["milvus"]
+                store = milvus_store.MilvusStore(milvus or MilvusConnection(recorded["uri"]), recorded["collection"], views)
+            else:
+                store = vector_store.open_faiss(directory / VECTORS, manifest.index_plan, views, metadata.row_ids_matching)
+        except BaseException:
+            metadata.close()  # a reloader that refuses version after version must not pile up connections
+            raise
         gallery = cls(directory, manifest, store, metadata)
         counts = {
             "manifest": manifest.count,

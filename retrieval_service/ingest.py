@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from whatart.retrieval_service import gallery
+from whatart.retrieval_service import gallery, milvus_store
 from whatart.retrieval_service.duplicates import Duplicate, find_duplicates
 from whatart.retrieval_service.encoder import ServedModel, TritonEncoder
-from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.images import ImageError, decode_image
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.model_contract import ModelIdentity
@@ -98,7 +97,7 @@ def current_gallery(index_dir: Path, identity: ModelIdentity, source: GallerySou
     (same source name and size, model, gallery views, local features and backend), else None."""
     try:
         found = gallery.Gallery.load(index_dir, settings.milvus_connection())
-    except WhatartError:  # no index, a broken one, or a Milvus that lost its collection: rebuild
+    except (gallery.GalleryError, milvus_store.MilvusCollectionMissing):  # none, broken, or its collection lost: rebuild
         return None
     manifest = found.manifest
     if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features, manifest.backend) == (

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.errors import DependencyUnavailable, WhatartError
 from whatart.retrieval_service.metadata import FILTER_FIELDS, Artwork, MetadataFilter
 
 if TYPE_CHECKING:
@@ -41,6 +41,16 @@ LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"'}
 
 class MilvusError(WhatartError):
     """Milvus cannot be reached, or refused an operation; the message says which and where."""
+
+
+class MilvusCollectionMissing(MilvusError):
+    """The collection an index recorded is gone from Milvus: only a new ingest brings it back."""
+
+
+class MilvusUnavailable(MilvusError, DependencyUnavailable):
+    """A search failed while serving: the service answers 503 and stays up."""
+
+    part = "the vector store (Milvus)"
 
 
 @dataclass(frozen=True)
@@ -76,11 +86,11 @@ def collection_name(stamp: str) -> str:
 def write_collection(connection: MilvusConnection, name: str, vectors: np.ndarray, artworks: list[Artwork], index_type: str) -> float:
     """Create collection `name` holding `vectors` [artworks, views, dim] with their artworks'
     row ids and filter fields, indexed (`index_type`, inner product) and loaded; returns seconds."""
-    from pymilvus import DataType
-
     started = time.perf_counter()
     n_artworks, views, dim = vectors.shape
-    client = connection.client()
+    client = connection.client()  # first: it names a missing pymilvus
+    from pymilvus import DataType
+
     try:
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("vector_id", DataType.INT64, is_primary=True)
@@ -90,8 +100,6 @@ def write_collection(connection: MilvusConnection, name: str, vectors: np.ndarra
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
         index = client.prepare_index_params()
         index.add_index(VECTOR_FIELD, index_type=index_type, metric_type="IP")
-        if client.has_collection(name):  # left by a publish that was killed: not current, so safe to replace
-            client.drop_collection(name)
         client.create_collection(name, schema=schema, index_params=index)
         flat = vectors.reshape(-1, dim)
         for start in range(0, len(flat), INSERT_ROWS):
@@ -103,8 +111,6 @@ def write_collection(connection: MilvusConnection, name: str, vectors: np.ndarra
             ])
         client.flush(name)
         client.load_collection(name)
-    except MilvusError:
-        raise
     except Exception as error:
         raise MilvusError(f"Milvus at {connection.uri} failed to write collection {name}: {error}") from None
     finally:
@@ -153,7 +159,8 @@ class MilvusStore:
         self._client = connection.client()
         try:
             if not self._client.has_collection(name):
-                raise MilvusError(f"Milvus at {connection.uri} has no collection {name}: re-run `whatart ingest` for this index")
+                raise MilvusCollectionMissing(
+                    f"Milvus at {connection.uri} has no collection {name}: re-run `whatart ingest` for this index")
             self._client.load_collection(name)
             self._size = int(self._client.get_collection_stats(name)["row_count"])
         except MilvusError:
@@ -177,7 +184,7 @@ class MilvusStore:
                 search_params={"metric_type": "IP"},
             )
         except Exception as error:
-            raise MilvusError(f"Milvus at {self.connection.uri} failed to search {self.name}: {error}") from None
+            raise MilvusUnavailable(f"Milvus at {self.connection.uri} failed to search {self.name}: {error}") from None
         for row, found in enumerate(hits):
             for column, hit in enumerate(found):
                 scores[row, column] = hit["distance"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from whatart.retrieval_service import metrics
-from whatart.retrieval_service.encoder import EncoderUnavailable
+from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.identifier import Identification, Identifier
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.metadata import MetadataFilter
@@ -16,17 +16,17 @@ log = logging.getLogger("whatart.retrieval_service.api")
 async def identify_observed(identifier: Identifier, data: bytes, k: int, api: str, where: MetadataFilter | None = None) -> Identification:
     """`identifier.identify` with the service's metrics and one log line (`api`: rest or grpc;
     the request id is log_format.REQUEST_ID's)."""
-    metrics.IN_FLIGHT.inc()
     try:
         result = await identifier.identify(data, k, where)
     except ImageError:
         metrics.IDENTIFY_REQUESTS.labels("bad_image").inc()
         raise
-    except EncoderUnavailable:
+    except DependencyUnavailable:
         metrics.IDENTIFY_REQUESTS.labels("unavailable").inc()
         raise
-    finally:
-        metrics.IN_FLIGHT.dec()
+    except Exception:
+        metrics.IDENTIFY_REQUESTS.labels("error").inc()
+        raise
     metrics.IDENTIFY_REQUESTS.labels("ok").inc()
     metrics.IDENTIFY_SECONDS.labels(api).observe(result.took_ms / 1e3)
     for stage, ms in result.timings_ms.items():

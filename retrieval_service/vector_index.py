@@ -145,9 +145,14 @@ def add_vectors(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, chunk:
                            np.ascontiguousarray(ids[start : start + chunk], dtype=np.int64))
 
 
+def _inside_id_map(index: faiss.Index) -> faiss.Index:
+    """The index an IndexIDMap wraps (whose ids are positions), else `index` itself."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
 def _refine_stage(index: faiss.Index) -> faiss.IndexRefine | None:
     """The re-ranking stage of a two-stage IVF (IDMap -> PreTransform -> Refine), else None."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    inner = _inside_id_map(index)
     if isinstance(inner, faiss.IndexPreTransform):
         refine = faiss.downcast_index(inner.index)
         return refine if isinstance(refine, faiss.IndexRefine) else None
@@ -160,10 +165,17 @@ def set_probes(index: faiss.Index, plan: IndexPlan) -> None:
         faiss.extract_index_ivf(refine.base_index).nprobe = plan.probes
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def allow(positions: np.ndarray) -> faiss.IDSelector:
+    """A restriction of `search` to these vectors, given by position (the order they were
+    added in); build it once per filter and reuse it: building costs more than a search."""
+    return faiss.IDSelectorBatch(np.ascontiguousarray(positions, dtype=np.int64))
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the k best per query; a two-stage IVF re-ranks REFINE_CANDIDATES
-    (or 2k, if more) fast-scan candidates. `allowed`: search only these vectors, given by
-    position (the order they were added in), e.g. the views of the artworks a filter keeps."""
+    (or 2k, if more) fast-scan candidates. `allowed` (from `allow`): search only those
+    vectors, e.g. the views of the artworks a filter keeps. CPU indexes only: FAISS's GPU
+    indexes do not apply selectors."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k_factor = max(2.0, REFINE_CANDIDATES / max(k, 1))
     refine = _refine_stage(index)
@@ -173,14 +185,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
         return index.search(queries, k)
     # Selectors see the ids of the index they are given to: search inside the id map, where
     # ids are positions, then translate (the IVF's own ids are positions too).
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    inner = _inside_id_map(index)
     if refine is not None:
         probes = faiss.extract_index_ivf(refine.base_index).nprobe
-        base = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+        base = faiss.SearchParametersIVF(nprobe=probes, sel=allowed)
         params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
     else:
-        params = faiss.SearchParameters(sel=selector)
+        params = faiss.SearchParameters(sel=allowed)
     scores, positions = inner.search(queries, k, params=params)
     if inner is index:
         return scores, positions
@@ -284,15 +295,21 @@ def read_index(path: Path) -> faiss.Index:
     return faiss.read_index(str(path))
 
 
-def load_index(path: Path, plan: IndexPlan) -> faiss.Index:
-    """Read an index for searching, moved to the GPU when this FAISS build sees one (logged either way)."""
+def read_for_search(path: Path, plan: IndexPlan) -> faiss.Index:
+    """Read an index with its search settings (IVF probes), on the CPU."""
     index = read_index(path)
     set_probes(index, plan)
+    return index
+
+
+def on_search_device(index: faiss.Index, plan: IndexPlan) -> faiss.Index:
+    """`index` copied to the GPUs when this FAISS build sees any and the plan suits them,
+    else `index` itself (logged either way)."""
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if gpus > 0 and plan.kind == IVF:
         log.info("FAISS: the two-stage IVF (fast scan + refinement) searches on CPU; %d GPU(s) left unused", gpus)
     elif gpus > 0:
-        log.info("FAISS: searching on %d GPU(s)", gpus)
+        log.info("FAISS: searching on %d GPU(s); filtered searches on a CPU copy (GPU indexes apply no selectors)", gpus)
         return faiss.index_cpu_to_all_gpus(index)
     log.info("FAISS: searching on CPU (%s build, no GPU visible)", "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU")
     return index

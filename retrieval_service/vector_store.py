@@ -14,6 +14,7 @@ artworks whose fields match before ranking (not by discarding results afterwards
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -47,14 +48,23 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-class FaissStore:
-    """A FAISS index in this process; filters become the row ids SQLite finds for them."""
+FILTERS_CACHED = 64
+"""Selectors kept per FaissStore: a gallery is read-only, so a filter's selector never changes."""
 
-    def __init__(self, index: faiss.Index, views: int, description: str, rows_matching: Callable[[MetadataFilter], list[int]]) -> None:
+
+class FaissStore:
+    """A FAISS index in this process; filters become the row ids SQLite finds for them, as a
+    selector built once per filter. `filtered_on`: the CPU copy that filtered searches use
+    when `index` is on a GPU (FAISS's GPU indexes do not apply selectors)."""
+
+    def __init__(self, index: faiss.Index, views: int, description: str, rows_matching: Callable[[MetadataFilter], list[int]],
+                 filtered_on: faiss.Index | None = None) -> None:
         self.index = index
         self.views = views
         self.description = f"FAISS {description}"
         self._rows_matching = rows_matching
+        self._filtered_on = index if filtered_on is None else filtered_on
+        self._allowed = functools.lru_cache(maxsize=FILTERS_CACHED)(self._selector)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -62,17 +72,20 @@ class FaissStore:
     def search(self, queries: np.ndarray, depth: int, where: MetadataFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
         if where is None or not where.conditions():
             return vector_index.search(self.index, queries, depth)
+        return vector_index.search(self._filtered_on, queries, depth, allowed=self._allowed(where))
+
+    def _selector(self, where: MetadataFilter) -> faiss.IDSelector:
         rows = np.asarray(self._rows_matching(where), dtype=np.int64)
         # vectors were added artwork by artwork, `views` each (gallery.publish)
-        positions = (rows[:, None] * self.views + np.arange(self.views)).ravel()
-        return vector_index.search(self.index, queries, depth, allowed=positions)
+        return vector_index.allow((rows[:, None] * self.views + np.arange(self.views)).ravel())
 
     def close(self) -> None:
         """Nothing to release: the index is garbage-collected with the gallery."""
 
 
 def open_faiss(path: Path, plan: vector_index.IndexPlan, views: int, rows_matching: Callable[[MetadataFilter], list[int]]) -> FaissStore:
-    return FaissStore(vector_index.load_index(path, plan), views, plan.factory, rows_matching)
+    on_cpu = vector_index.read_for_search(path, plan)
+    return FaissStore(vector_index.on_search_device(on_cpu, plan), views, plan.factory, rows_matching, filtered_on=on_cpu)
 
 
 def best_per_artwork(store: VectorStore, queries: list[np.ndarray], k: int,

@@ -18,7 +18,7 @@ import pytest
 from whatart.retrieval_service import gallery as gallery_module
 from whatart.retrieval_service.gallery import METADATA, VECTORS, Gallery, Manifest, publish, republish
 from whatart.retrieval_service.metadata import Artwork, MetadataFilter, MetadataStore
-from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusError, MilvusStore, MilvusTarget
+from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusError, MilvusStore, MilvusTarget, MilvusUnavailable
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.verification import LocalFeatures
 from tests.helpers import run_cli, served
@@ -75,6 +75,42 @@ def test_a_milvus_gallery_answers_like_a_faiss_one_and_prunes_its_old_collection
 def test_a_missing_collection_is_named_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(MilvusError, match="has no collection whatart_gone: re-run `whatart ingest`"):
         MilvusStore(MilvusConnection(str(tmp_path / "milvus.db")), "whatart_gone", 2)
+
+
+def test_a_failed_publish_leaves_no_collection_behind_once_the_next_one_prunes(tmp_path: Path, monkeypatch) -> None:
+    artworks, vectors, features = _gallery_data(12)
+    connection = MilvusConnection(str(tmp_path / "milvus.db"))
+    target = MilvusTarget(connection)
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as patched:  # fault injection: the step after the collection is written fails
+        patched.setattr(gallery_module, "write_metadata", disk_full)
+        with pytest.raises(OSError, match="no space left"):
+            publish(tmp_path / "index", IDENTITY, artworks, vectors, features, "none", VIEWS, "test", milvus=target)
+    [orphan] = _collections(connection)
+    assert len(list((tmp_path / "index" / "versions").glob(".*.partial"))) == 1
+
+    publish(tmp_path / "index", IDENTITY, artworks, vectors, features, "none", VIEWS, "test", milvus=target)
+    published = Gallery.load(tmp_path / "index")
+    assert _collections(connection) == {published.manifest.index["milvus"]["collection"]} and orphan not in _collections(connection)
+    assert not list((tmp_path / "index" / "versions").glob(".*.partial"))
+    published.close()
+
+
+def test_a_search_milvus_cannot_answer_is_a_retryable_unavailability(tmp_path: Path) -> None:
+    artworks, vectors, features = _gallery_data(12)
+    connection = MilvusConnection(str(tmp_path / "milvus.db"))
+    publish(tmp_path / "index", IDENTITY, artworks, vectors, features, "none", VIEWS, "test", milvus=MilvusTarget(connection))
+    gallery = Gallery.load(tmp_path / "index")
+    client = connection.client()
+    client.drop_collection(gallery.manifest.index["milvus"]["collection"])  # as if Milvus lost it while serving
+    client.close()
+    with pytest.raises(MilvusUnavailable, match="failed to search") as raised:
+        gallery.search(vectors[0, :1], 3)
+    assert raised.value.public_message == "the vector store (Milvus) is unavailable; try again shortly"
+    gallery.close()
 
 
 def test_milvus_needs_a_uri() -> None:

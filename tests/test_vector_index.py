@@ -58,7 +58,7 @@ def test_a_filter_searches_only_the_allowed_vectors_of_an_ivf() -> None:
     index = vector_index.build_index(vectors, ids, IndexPlan(IVF, 256, reduced_dim=128, lists=256, probes=64))
     allowed_rows = np.arange(1, 10_000, 3)
     positions = np.concatenate([allowed_rows * 2, allowed_rows * 2 + 1])
-    scores, found = vector_index.search(index, vectors[:40], 10, allowed=positions)
+    scores, found = vector_index.search(index, vectors[:40], 10, allowed=vector_index.allow(positions))
     assert set(found.ravel().tolist()) <= set(allowed_rows.tolist())
     own = np.arange(40) // 2
     kept = np.isin(own, allowed_rows)

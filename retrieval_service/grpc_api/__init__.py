@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from whatart.retrieval_service.access import PROTECTED_GRPC_PREFIX, authorised, refusal
 from whatart.retrieval_service.admission import Admission, Overloaded
-from whatart.retrieval_service.encoder import EncoderUnavailable
+from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.log_format import REQUEST_ID
@@ -97,9 +97,9 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
             raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except ImageError as error:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        except EncoderUnavailable as error:
-            log.warning("encoder unavailable: %s", error)
-            raise RequestRefused(grpc.StatusCode.UNAVAILABLE, "the encoder (Triton) is unavailable; try again shortly") from None
+        except DependencyUnavailable as error:
+            log.warning("%s", error)
+            raise RequestRefused(grpc.StatusCode.UNAVAILABLE, error.public_message) from None
         return json_format.ParseDict({**result.to_json(), "request_id": request_id}, whatart_pb2.IdentifyResponse())
 
     async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:
@@ -112,24 +112,32 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         self, requests: AsyncIterator[whatart_pb2.IdentifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[whatart_pb2.IdentifyResponse]:
         """Up to STREAM_IN_FLIGHT requests at once; answers leave as they are ready, and a
-        refused request answers with `error` instead of ending the stream."""
+        request that fails answers with `error` instead of ending (or stalling) the stream."""
         answers: asyncio.Queue[whatart_pb2.IdentifyResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        running: set[asyncio.Task] = set()
+
+        def answer_error(request: whatart_pb2.IdentifyRequest, code: grpc.StatusCode, message: str) -> None:
+            error = whatart_pb2.Error(code=code.value[0], message=message)
+            answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request.request_id, error=error))
 
         async def one(request: whatart_pb2.IdentifyRequest) -> None:
             try:
                 answers.put_nowait(await self._answer(request, refusable=False))
             except RequestRefused as refused:
-                error = whatart_pb2.Error(code=refused.code.value[0], message=str(refused))
-                answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request.request_id, error=error))
+                answer_error(request, refused.code, str(refused))
+            except Exception:
+                log.exception("stream item %s failed", request.request_id or "(no id)")
+                answer_error(request, grpc.StatusCode.INTERNAL, "the service failed on this image; its log has the cause")
             finally:
                 slots.release()
 
         async def feed() -> None:
-            running: list[asyncio.Task] = []
             async for request in requests:
                 await slots.acquire()
-                running.append(asyncio.create_task(one(request)))
+                task = asyncio.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
             await asyncio.gather(*running)
             answers.put_nowait(None)
 
@@ -139,7 +147,9 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
                 yield answer
             await feeder
         finally:
-            feeder.cancel()
+            # a client that leaves mid-stream: its pending items stop too
+            for task in (feeder, *running):
+                task.cancel()
 
 
 async def _report_health(galleries: GalleryReloader, servicer: health.aio.HealthServicer) -> None:
