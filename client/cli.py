@@ -187,12 +187,12 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.evaluation.reliability_bench import run_reliability
+    from whatart.retrieval_service.evaluation.reliability_bench import SOURCE_WORKS, run_reliability
     from whatart.retrieval_service.sources import open_source
 
     if args.clients <= 0 or args.seconds <= 0:
         raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
-    artworks = list(open_source(args.source).artworks)[:100]
+    artworks = list(open_source(args.source).artworks)[:SOURCE_WORKS]
     print(json.dumps(run_reliability(settings.model_repository, settings.index_dir, artworks, args.clients, args.seconds,
                                      settings.max_upload_bytes)))
     return 0
@@ -297,11 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="local weights file (a torch state dict) instead of the default pretrained weights")
     p.add_argument("--random-weights", action="store_true", help="random weights (tests only: embeddings are meaningless)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
-    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_SERVING.max_batch_size)
     p.add_argument("--preferred-batch-sizes", type=_sizes, default=DEFAULT_SERVING.preferred_batch_sizes,
                    help="dynamic batching: comma-separated preferred batch sizes")
     p.add_argument("--queue-delay-us", type=int, default=DEFAULT_SERVING.max_queue_delay_us, help="dynamic batching: max queue delay")
-    p.add_argument("--instances", type=int, default=1, help="model instances per device")
+    p.add_argument("--instances", type=int, default=DEFAULT_SERVING.instances, help="model instances per device")
     p.add_argument("--threads", type=int, default=0, help="cpu flavour: onnxruntime threads per instance (0: one per core)")
     p.add_argument("--no-tensorrt", action="store_true", help="gpu flavour: CUDA execution provider only, no TensorRT FP16")
     p.add_argument("--int8", action="store_true",

@@ -69,8 +69,14 @@ def _check_ports_free(settings: Settings) -> None:
                 ) from None
 
 
+def whatart_command(*args: str) -> list[str]:
+    """`whatart ARGS` as an argument list: this interpreter runs the CLI module, so a child
+    runs the same installation even when no `whatart` script is on PATH beside it."""
+    return [sys.executable, "-m", "whatart.client.cli", *args]
+
+
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "whatart.client.cli", *args])
+    return subprocess.Popen(whatart_command(*args))
 
 
 def _wait_until(url: str, process: subprocess.Popen, what: str, timeout_s: float = 120.0) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 from google.protobuf import json_format
 
-from whatart.retrieval_service.access import bearer
+from whatart.retrieval_service.access import grpc_metadata
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 from whatart.retrieval_service.metadata import MetadataFilter
 
@@ -27,7 +27,7 @@ class WhatartGrpcClient:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
         self.stub = whatart_pb2_grpc.IdentifierStub(self.channel)
         self.timeout_s = timeout_s
-        self.metadata = tuple((key.lower(), value) for key, value in bearer(token).items())
+        self.metadata = grpc_metadata(token)
 
     def identify(self, image: bytes, k: int = 0, request_id: str = "", where: MetadataFilter | None = None) -> dict:
         """One answer (among the artworks `where` keeps); a refused request raises

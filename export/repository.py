@@ -30,6 +30,7 @@ FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
 
 CPU_MODEL_TEMPLATE = Path(__file__).with_name("triton_cpu_model.py")
 INTRA_OP_THREADS = "intra_op_threads"
+"""config parameter read by triton_cpu_model.py"""
 TENSORRT_FP16 = """
 optimization { execution_accelerators { gpu_execution_accelerator: [ {
   name: "tensorrt"
@@ -40,7 +41,6 @@ optimization { execution_accelerators { gpu_execution_accelerator: [ {
 } ] } }"""
 """onnxruntime backend's TensorRT execution accelerator: the first load of each batch
 shape builds an engine (minutes); the cache keeps them across restarts of a container."""
-"""config parameter read by triton_cpu_model.py"""
 
 
 @dataclass(frozen=True)

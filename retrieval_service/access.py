@@ -35,3 +35,8 @@ def refusal(header: str | None) -> str:
 def bearer(token: str) -> dict[str, str]:
     """The header a client sends; none without a token."""
     return {"Authorization": BEARER + token} if token else {}
+
+
+def grpc_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """`bearer` as gRPC call metadata, whose keys must be lower case; empty without a token."""
+    return tuple((key.lower(), value) for key, value in bearer(token).items())

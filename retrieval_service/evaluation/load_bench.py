@@ -18,13 +18,18 @@ import grpc
 import httpx
 import numpy as np
 
-from whatart.retrieval_service.access import bearer
+from whatart.retrieval_service.access import bearer, grpc_metadata
+from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
 
 REFUSED_WAIT_S = 1.0
 """How long a refused client waits when the answer carries no Retry-After."""
 CLIENT_ERROR_CODES = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
 """gRPC outcomes that are the service working as designed; any other failure counts as a server error."""
+
+
+class ServiceUnreachable(WhatartError):
+    """Nothing answers at the URL the bench was given; the message says how to start or point at a service."""
 
 
 @dataclass
@@ -67,7 +72,9 @@ async def rest_load(url: str, images: list[bytes], clients: int, seconds: float,
                 except httpx.HTTPError as error:
                     response, status = None, type(error).__name__
                 tally.record(status, (time.perf_counter() - begun) * 1e3, status == "200")
-                if response is not None and response.status_code in (429, 503):
+                if response is None:  # no connection or no answer: retrying at once would only spin
+                    await asyncio.sleep(REFUSED_WAIT_S)
+                elif response.status_code in (429, 503):
                     await asyncio.sleep(float(response.headers.get("retry-after", REFUSED_WAIT_S)))
                 turn += clients
 
@@ -79,7 +86,7 @@ async def rest_load(url: str, images: list[bytes], clients: int, seconds: float,
 
 async def grpc_load(address: str, images: list[bytes], clients: int, seconds: float, token: str) -> dict[str, object]:
     tally, deadline = Tally(), time.monotonic() + seconds
-    metadata = tuple((key.lower(), value) for key, value in bearer(token).items())
+    metadata = grpc_metadata(token)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = whatart_pb2_grpc.IdentifierStub(channel)
 
@@ -103,11 +110,22 @@ async def grpc_load(address: str, images: list[bytes], clients: int, seconds: fl
     return tally.figures(clients, time.monotonic() - started, errors)
 
 
+def health(url: str) -> int | str:
+    """The status of GET /health, or the name of the transport error when nothing answered
+    (a service that died under load is a figure, not a traceback)."""
+    try:
+        return httpx.get(f"{url}/health", timeout=10).status_code
+    except httpx.HTTPError as error:
+        return type(error).__name__
+
+
 def run_load(url: str, grpc_address: str | None, paths: list[Path], clients: int, seconds: float,
              token: str = "") -> dict[str, object]:
+    if not isinstance(health(url), int):
+        raise ServiceUnreachable(f"nothing answers at {url}/health: start `whatart serve` or pass --server")
     images = [path.read_bytes() for path in paths]
     figures: dict[str, object] = {"images": len(images), "rest": asyncio.run(rest_load(url, images, clients, seconds, token))}
     if grpc_address:
         figures["grpc"] = asyncio.run(grpc_load(grpc_address, images, clients, seconds, token))
-    figures["health_after"] = httpx.get(f"{url}/health", timeout=10).status_code
+    figures["health_after"] = health(url)
     return figures

@@ -4,9 +4,9 @@ The bench runs its own Triton and `whatart serve` (so it can kill them) over an 
 index, and prints one JSON document:
 - inputs: named uploads (each accepted format and odd pixel mode, and broken ones) and the
   status and message each got;
-- faults: Triton killed during `identify --batch`, the service killed during it, and
-  `whatart ingest` killed with SIGKILL, each followed by the documented recovery (rerun the
-  same command); results lost and answered twice are counted;
+- faults: Triton stopped (SIGTERM) during `identify --batch`, the service killed (SIGKILL)
+  during it, and `whatart ingest` killed with SIGKILL, each followed by the documented
+  recovery (rerun the same command); results lost and answered twice are counted;
 - load: `whatart bench load` against the same service.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,22 +29,32 @@ import numpy as np
 from PIL import Image
 
 from whatart.client.batch import run_batch
+from whatart.client.demo import whatart_command
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.evaluation.load_bench import run_load
 from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, free_port
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.gallery import Gallery
+from whatart.retrieval_service.ingest import WORK_FOLDER
 from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+
+log = logging.getLogger(__name__)
 
 BATCH_IMAGES = 60
 KILL_AFTER_ANSWERS = 10
 INGEST_WORKS = 48
 INGEST_CHECKPOINT = 8
+SOURCE_WORKS = 100
+"""works the bench takes from its source: the batch and ingest parts use the first ones, the load part cycles through all"""
 
 
 class FaultNotInjected(WhatartError):
     """A fault could not be injected or recovered from as planned; the message says which and why."""
+
+
+class TooFewWorks(WhatartError):
+    """The source is smaller than the bench's parts; the message says how many works it needs."""
 
 
 def _encoded(picture: Image.Image, image_format: str, **options: object) -> bytes:
@@ -95,14 +105,15 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
     `restore` and the same batch again; counts what was lost or answered twice."""
     listing = out.with_suffix(".files.txt")  # beside the results: the images' folder is never written to
     listing.write_text("".join(f"{path}\n" for path in files))
-    command = [str(Path(sys.executable).with_name("whatart")), "identify", "--batch", str(listing),
-               "--out", str(out), "--grpc", service.address.grpc, "--no-progress"]
+    command = whatart_command("identify", "--batch", str(listing), "--out", str(out), "--grpc", service.address.grpc, "--no-progress")
     batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not out.exists() or out.read_text().count("\n") < KILL_AFTER_ANSWERS:
         if batch.poll() is not None or time.monotonic() > deadline:
-            raise FaultNotInjected(f"the batch ended (or stalled) before {KILL_AFTER_ANSWERS} answers, so the fault could "
-                                   f"not be injected: {batch.stderr.read()[-2000:] if batch.poll() is not None else 'still running'}")
+            how = "ended" if batch.poll() is not None else "stalled"
+            _, stderr = _ended(batch).communicate()
+            raise FaultNotInjected(f"the batch {how} before {KILL_AFTER_ANSWERS} answers, so the fault could not be "
+                                   f"injected: {stderr[-2000:] or 'it wrote nothing to stderr'}")
         time.sleep(0.05)
     kill()
     batch.communicate(timeout=300)
@@ -117,44 +128,66 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
             "answered_twice": len(answered) - len(set(answered))}
 
 
-def ingest_fault(csv: Path, work: Path, triton_url: str, model: str) -> dict[str, object]:
-    """`whatart ingest` killed with SIGKILL after 2 checkpoints, then run again."""
-    index = work / "kill-index"
-    command = [str(Path(sys.executable).with_name("whatart")), "ingest", str(csv), "--index", str(index),
-               "--triton-url", triton_url, "--model", model, "--no-progress"]
+def _ended(process: subprocess.Popen) -> subprocess.Popen:
+    """`process`, killed if it still runs: a fault that could not be injected leaves no child behind."""
+    if process.poll() is None:
+        process.kill()
+    return process
+
+
+def _checkpoints(index: Path) -> int:
+    """Checkpoint files an ingest into `index` has written so far (the glob of ingest's Checkpoints.paths)."""
+    return len(list((index / WORK_FOLDER).glob("*/chunk-*[0-9].npz")))
+
+
+def ingest_fault(works: list[Artwork], work: Path, triton_url: str, model: str) -> dict[str, object]:
+    """`whatart ingest` of `works` killed with SIGKILL after 2 checkpoints, then run again."""
+    csv, index, first_log = work / "ingest.csv", work / "kill-index", work / "ingest-killed.log"
+    csv.write_text("id,file\n" + "".join(f"{a.id},{a.image_path}\n" for a in works))
+    command = whatart_command("ingest", str(csv), "--index", str(index), "--triton-url", triton_url, "--model", model, "--no-progress")
     environment = {**os.environ, "WHATART_INGEST_CHECKPOINT_EVERY": str(INGEST_CHECKPOINT)}
-    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with first_log.open("w") as stderr:
+        first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 300
-    while len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) < 2:
+    while _checkpoints(index) < 2:
         if first.poll() is not None or time.monotonic() > deadline:
-            raise FaultNotInjected(f"the ingest of {csv} ended (or stalled) before 2 checkpoints, so it could not be killed")
+            how = "ended" if first.poll() is not None else "stalled"
+            _ended(first).wait()
+            raise FaultNotInjected(f"the ingest of {csv} {how} before 2 checkpoints, so it could not be killed; its log: {first_log}")
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    checkpointed = len(list((index / "ingest-work").glob("*/chunk-*[0-9].npz"))) * INGEST_CHECKPOINT
+    checkpointed = _checkpoints(index) * INGEST_CHECKPOINT
     rerun = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     if rerun.returncode != 0:
         raise FaultNotInjected(f"the ingest rerun after the kill failed: {rerun.stderr[-2000:]}")
     gallery = Gallery.load(index)
     ids = [artwork.id for artwork in gallery.metadata.in_row_order()]
     gallery.close()
-    return {"works": INGEST_WORKS, "checkpointed_before_kill": checkpointed, "rerun_encoded": json.loads(rerun.stdout)["encoded"],
-            "published": len(ids), "lost": INGEST_WORKS - len(set(ids)), "twice": len(ids) - len(set(ids))}
+    expected = {a.id for a in works}
+    return {"works": len(expected), "checkpointed_before_kill": checkpointed, "rerun_encoded": json.loads(rerun.stdout)["encoded"],
+            "published": len(ids), "lost": len(expected - set(ids)), "twice": len(ids) - len(set(ids))}
 
 
 def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int, seconds: float,
                     max_upload_bytes: int) -> dict[str, object]:
-    paths = [Path(artwork.image_path) for artwork in artworks]
+    """The whole bench; its work folder (logs, batch results, the ingest's index) is removed
+    on success and kept, with its path logged, when a part fails."""
+    needed = max(BATCH_IMAGES, INGEST_WORKS)
+    if len(artworks) < needed:
+        raise TooFewWorks(f"the source has {len(artworks)} works; the reliability bench needs at least {needed} "
+                          f"({BATCH_IMAGES} for the batch, {INGEST_WORKS} for the ingest): pass a larger source")
+    paths = [Path(artwork.image_path) for artwork in artworks[:SOURCE_WORKS]]
     gallery = Gallery.load(index_dir)
     model = gallery.manifest.model.name
     gallery.close()
     work = Path(tempfile.mkdtemp(prefix="whatart-reliability-"))
     config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
     triton = TritonProcess(config, log_path=work / "triton.log")
-    triton.start()
     triton_url = f"127.0.0.1:{config.grpc_port}"
     service = ServiceProcess(index_dir, triton_url, "verified", log_file=work / "service.log")
     try:
+        triton.start()
         service.start()
         figures: dict[str, object] = {"inputs": try_inputs(service.address.url, named_inputs(paths[0], max_upload_bytes))}
         batch_dir = work / "batch"
@@ -162,27 +195,22 @@ def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artw
         files = paths[:BATCH_IMAGES]
         def triton_back() -> None:
             triton.start()
-            _wait(service.address.url)
+            service.wait_healthy()  # the service stayed up; /health is 200 once it reaches Triton again
 
         figures["faults"] = {
+            # TritonProcess.stop: SIGTERM, Triton drains in-flight requests (a stop, not a crash);
+            # the key keeps the name that reports and tests read
             "triton killed during identify --batch": _batch_fault(service, files, batch_dir / "triton.jsonl", triton.stop, triton_back),
             "service killed during identify --batch": _batch_fault(
                 service, files, batch_dir / "service.jsonl", service.kill, service.start),
         }
-        csv = work / "ingest.csv"
-        csv.write_text("id,file\n" + "".join(f"{a.id},{a.image_path}\n" for a in artworks[:INGEST_WORKS]))
-        figures["faults"]["ingest killed (SIGKILL) and rerun"] = ingest_fault(csv, work, triton_url, model)
-        figures["load"] = run_load(service.address.url, service.address.grpc, paths[:100], clients, seconds)
-        return figures
+        figures["faults"]["ingest killed (SIGKILL) and rerun"] = ingest_fault(artworks[:INGEST_WORKS], work, triton_url, model)
+        figures["load"] = run_load(service.address.url, service.address.grpc, paths, clients, seconds)
+    except BaseException:
+        log.warning("kept %s for inspection", work)
+        raise
     finally:
         service.stop()
         triton.stop()
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _wait(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(f"{url}/health", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
-            raise FaultNotInjected(f"the service at {url} did not see the restarted Triton within {timeout_s:.0f} s")
-        time.sleep(0.5)
+    shutil.rmtree(work, ignore_errors=True)
+    return figures

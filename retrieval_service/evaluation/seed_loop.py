@@ -9,27 +9,19 @@ are comparable. Needs torch and torchvision (the `export` extra).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.evaluation.service_bench import Answers
 
 SEED_K = 5
 
 
 class BaselineMismatch(WhatartError):
     """The baseline cannot run the weights of the served model; the message says what to pass."""
-
-
-@dataclass(frozen=True)
-class LoopResult:
-    images: int
-    seconds: float
-    latencies_ms: list[float]
-    top1_correct: int
 
 
 def _seed_model(encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str):
@@ -52,8 +44,9 @@ def _seed_model(encoder: str, weights: Path | None, random_seed: int | None, ser
     return resnet.eval()
 
 
-def run_seed_loop(paths: list[Path], expected_ids: list[str], gallery_vectors: np.ndarray, gallery_ids: list[str],
-                  encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str) -> LoopResult:
+def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: list[str],
+                  encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str) -> Answers:
+    """The loop over `paths`, answers kept as the service's are (file -> top id), so both are scored alike."""
     import torch
     from PIL import Image
     from torchvision import transforms
@@ -69,15 +62,15 @@ def run_seed_loop(paths: list[Path], expected_ids: list[str], gallery_vectors: n
     ])
     index = faiss.IndexFlatIP(gallery_vectors.shape[1])
     index.add(np.ascontiguousarray(gallery_vectors, dtype=np.float32))
-    latencies, correct = [], 0
+    latencies, top_ids = [], {}
     started = time.perf_counter()
     with torch.inference_mode():
-        for path, expected in zip(paths, expected_ids, strict=True):
+        for path in paths:
             begun = time.perf_counter()
             with Image.open(path) as image:
                 batch = preprocess(image.convert("RGB")).unsqueeze(0)
             features = torch.nn.functional.normalize(model(batch), dim=1).numpy()
             _, found = index.search(features, SEED_K)
             latencies.append((time.perf_counter() - begun) * 1e3)
-            correct += gallery_ids[int(found[0, 0])] == expected
-    return LoopResult(len(paths), time.perf_counter() - started, latencies, correct)
+            top_ids[str(path)] = gallery_ids[int(found[0, 0])]
+    return Answers(len(paths), time.perf_counter() - started, latencies, top_ids)

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from whatart.client.batch import run_batch
+from whatart.client.demo import whatart_command
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.client.rest_client import WhatartClient
 from whatart.retrieval_service.errors import WhatartError
@@ -65,10 +65,9 @@ class ServiceProcess:
     def __init__(self, index_dir: Path, triton_url: str, mode: str, log_file: Path | None = None) -> None:
         port, grpc_port = free_port(), free_port()
         self.address = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-        whatart = str(Path(sys.executable).with_name("whatart"))
-        self.command = [whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
-                        "--port", str(port), "--grpc-port", str(grpc_port)]
-        self.log_file = log_file or Path(tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")[1])
+        self.command = whatart_command("serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
+                                       "--port", str(port), "--grpc-port", str(grpc_port))
+        self.log_file = log_file or _new_log_file()
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -77,6 +76,11 @@ class ServiceProcess:
         with self.log_file.open("a") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                             env={**environment, "WHATART_HOST": "127.0.0.1"})
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        """Until /health is 200: after start, or after something it depends on (Triton) came back."""
+        assert self.process is not None, "start() the service first"
         _wait_healthy(self.address.url, self.process, self.log_file)
 
     def kill(self) -> None:
@@ -92,6 +96,13 @@ class ServiceProcess:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _new_log_file() -> Path:
+    """An empty log file of its own; only its name is kept (start() reopens it for each process)."""
+    descriptor, name = tempfile.mkstemp(prefix="whatart-bench-serve-", suffix=".log")
+    os.close(descriptor)
+    return Path(name)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ import numpy as np
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation import encoder_bench, service_bench
 from whatart.retrieval_service.evaluation.harness import sample
+from whatart.retrieval_service.evaluation.index_bench import real_embeddings
 from whatart.retrieval_service.evaluation.seed_loop import run_seed_loop
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.images import decode_image, to_model_input
@@ -43,6 +44,8 @@ TRITON_LOADS = ((1, 16), (8, 8))
 what the service sends in global mode (one image per identification), and batched clients"""
 ONNXRUNTIME_BATCHES = (1, 16)
 MAX_PIXELS = 50_000_000
+SAMPLE_SEED = 0
+"""which images of the CSV are identified: the same ones on every run"""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,6 @@ class ThroughputRequest:
     encoder_seconds: float = 20.0
     weights: Path | None = None
     random_seed: int | None = None
-    seed: int = 0
 
 
 def _latency(latencies_ms: list[float]) -> dict[str, float]:
@@ -80,11 +82,22 @@ def _answers_figures(answers: service_bench.Answers, expected: dict[str, str]) -
     }
 
 
+def _check_enough(in_index: int, sampled: int, request: ThroughputRequest) -> None:
+    """The encoder part batches the sampled images (up to the largest batch measured): with
+    fewer it would have no batch to time."""
+    needed = max(*ONNXRUNTIME_BATCHES, *(batch for batch, _ in TRITON_LOADS))
+    if in_index < needed:
+        raise BenchInputError(f"only {in_index} images of {request.images_csv} are in the index at {request.index_dir}; "
+                              f"the bench needs at least {needed}: pass the CSV the index was built from")
+    if sampled < needed:
+        raise BenchInputError(f"--n {request.n} is below the {needed} images the encoder part batches: pass --n {needed} or more")
+
+
 def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     gallery = Gallery.load(request.index_dir)
     identity = gallery.manifest.model
     gallery_ids = [artwork.id for artwork in gallery.metadata.in_row_order()]
-    sharp = np.asarray(gallery.embeddings[:, 0, :], dtype=np.float32)
+    sharp = real_embeddings(gallery)
     gallery.close()
     model = request.model or identity.name
     fp32_onnx = request.fp32_onnx or request.model_repository / model.removesuffix("-int8") / "1" / "model.onnx"
@@ -92,7 +105,8 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
         raise BenchInputError(f"no FP32 ONNX model at {fp32_onnx}: export one (`whatart export` without --int8) or pass --fp32-model")
     known = set(gallery_ids)
     artworks = [a for a in open_source(request.images_csv).artworks if a.id in known]
-    queries = sample(artworks, request.n, request.seed)
+    queries = sample(artworks, request.n, SAMPLE_SEED)
+    _check_enough(len(artworks), len(queries), request)
     paths = [Path(a.image_path) for a in queries]
     expected = {str(Path(a.image_path)): a.id for a in queries}
     figures: dict[str, object] = {
@@ -101,14 +115,13 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     }
 
     log.info("1/3 seed-style loop over %d images", min(request.baseline_n, len(paths)))
-    head = queries[: request.baseline_n]
-    loop = run_seed_loop([Path(a.image_path) for a in head], [a.id for a in head], sharp, gallery_ids,
-                         identity.name.removesuffix("-int8"), request.weights, request.random_seed, identity.weights_sha256)
+    head_paths = paths[: request.baseline_n]
+    loop = run_seed_loop(head_paths, sharp, gallery_ids, identity.name.removesuffix("-int8"), request.weights,
+                         request.random_seed, identity.weights_sha256)
     figures["seed_loop"] = {
         "what": "sequential: PIL decode -> torchvision transforms -> eager torch batch 1 -> FAISS IndexFlatIP k=5 "
                 f"over {len(gallery_ids)} x {identity.dim}",
-        "images": loop.images, "seconds": round(loop.seconds, 2), "images_per_s": round(loop.images / loop.seconds, 1),
-        **_latency(loop.latencies_ms), "top1": round(loop.top1_correct / loop.images, 4),
+        **_answers_figures(loop, {str(p): expected[str(p)] for p in head_paths}),
     }
 
     log.info("2/3 encoder alone")
