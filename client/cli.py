@@ -124,7 +124,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> dict:
         model = await resolve_model(settings.triton_url, args.model)
-        encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s, settings.triton_retry_waits_s)
+        encoder = TritonEncoder.from_settings(settings, model)
         try:
             report = await ingest(source, settings.index_dir, encoder, settings, add=args.add, show_progress=not args.no_progress)
         finally:
@@ -149,7 +149,7 @@ def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
                            settings.index_exact_max_vectors, args.seed)
 
     async def inputs() -> tuple:
-        encoder = TritonEncoder(settings.triton_url, await resolve_model(settings.triton_url, args.model), settings.triton_timeout_s)
+        encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, args.model))
         try:
             return await load_inputs(settings.index_dir, encoder, request, settings.max_image_pixels)
         finally:

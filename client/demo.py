@@ -38,7 +38,7 @@ def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
         return
 
     async def run() -> None:
-        encoder = TritonEncoder(settings.triton_url, identity.name, settings.triton_timeout_s)
+        encoder = TritonEncoder.from_settings(settings, identity.name)
         try:
             await ingest(source, settings.index_dir, encoder, settings)
         finally:

@@ -56,7 +56,7 @@ async def encode_photo_copies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors [m, dim], row ids [m]): `copies` photo-like copies of each artwork
     (by row id), one vector per centre-crop view of the service's settings."""
-    encoder = TritonEncoder(settings.triton_url, await resolve_model(settings.triton_url, model), settings.triton_timeout_s)
+    encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, model))
     try:
         return await _encode(artworks, identity, copies, encoder, settings.query_crops, settings.ingest_concurrency)
     finally:

@@ -29,7 +29,7 @@ from whatart.retrieval_service.model_contract import (
     head_labels_parameter,
     head_output_name,
 )
-from whatart.retrieval_service.settings import replica_urls
+from whatart.retrieval_service.settings import Settings, replica_urls
 
 
 class EncoderUnavailable(DependencyUnavailable):
@@ -97,6 +97,12 @@ class TritonEncoder:
         """when no replica can be reached, all are tried again after each of these waits, then given up on"""
         self._replicas = [_Replica(replica, grpcclient.InferenceServerClient(replica, channel_args=CHANNEL_OPTIONS))
                           for replica in replica_urls(url)]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_name: str) -> TritonEncoder:
+        """The encoder the service, ingest and the tools use: the configured replicas, timeout
+        and retry waits (a Triton restart costs a wait, not a failure)."""
+        return cls(settings.triton_url, model_name, settings.triton_timeout_s, settings.triton_retry_waits_s)
 
     def _by_preference(self) -> list[_Replica]:
         """Every replica once: reachable before recently unreachable, then fewest in flight, then least used."""

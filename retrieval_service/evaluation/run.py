@@ -68,7 +68,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
                    model: str | None, concurrency: int, calibrate: bool) -> dict:
     source = open_source(source_spec)
     model = await resolve_model(settings.triton_url, model)
-    encoder = TritonEncoder(settings.triton_url, model, settings.triton_timeout_s)
+    encoder = TritonEncoder.from_settings(settings, model)
     served = await encoder.served_model()
     measured: dict[str, dict] = {}
     results: dict[str, object] = {
