@@ -179,6 +179,13 @@ class TritonProcess:
             process.kill()
             process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: Triton gets no chance to drain or answer, as in a crash (fault tests)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def __enter__(self) -> TritonProcess:
         self.start()
         return self

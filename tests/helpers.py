@@ -94,6 +94,8 @@ class ServiceEndpoints:
     """REST base URL"""
     grpc: str
     """gRPC address host:port"""
+    log: Path | None = None
+    """where the service's output goes, if `served` was given a log"""
 
 
 @contextmanager
@@ -111,7 +113,7 @@ def served(index_dir: Path, triton_url: str, *flags: str, env: dict[str, str] | 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process)
-        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}")
+        yield ServiceEndpoints(url, f"127.0.0.1:{grpc_port}", log)
     finally:
         stop(process)
         if sink:
@@ -119,24 +121,24 @@ def served(index_dir: Path, triton_url: str, *flags: str, env: dict[str, str] | 
 
 
 @contextmanager
+def own_triton(model_repository: Path, work_dir: Path) -> Iterator[tuple[TritonProcess, str]]:
+    """A Triton of its own on `model_repository`, on free ports, its files and log under
+    `work_dir`, until the block ends: (the process, to stop or restart; its gRPC address)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton")
+    triton = TritonProcess(config, log_path=work_dir / "triton.log")
+    try:
+        triton.start()
+        yield triton, f"{config.host}:{config.grpc_port}"
+    finally:
+        triton.stop()
+
+
+@contextmanager
 def triton_and_service(model_repository: Path, index_dir: Path, work_dir: Path,
                        env: dict[str, str] | None = None) -> Iterator[tuple[TritonProcess, str, str]]:
     """A Triton of its own on `model_repository` and `whatart serve` over `index_dir` on it,
     for tests that stop Triton or serve a model the session's Triton does not have:
-    (Triton, REST URL, gRPC address)."""
-    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton")
-    triton = TritonProcess(config, log_path=work_dir / "triton.log")
-    triton.start()
-    port, grpc_port = free_port(), free_port()
-    service = subprocess.Popen(
-        [WHATART, "serve", "--index", str(index_dir), "--port", str(port), "--grpc-port", str(grpc_port),
-         "--triton-url", f"127.0.0.1:{config.grpc_port}"],
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/health", service)
-        yield triton, url, f"127.0.0.1:{grpc_port}"
-    finally:
-        stop(service)
-        triton.stop()
+    (Triton, REST URL, gRPC address). The service stops before Triton."""
+    with own_triton(model_repository, work_dir) as (triton, triton_url), served(index_dir, triton_url, env=env) as service:
+        yield triton, service.url, service.grpc

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -14,27 +13,20 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import run_cli, served
+from tests.helpers import ServiceEndpoints, run_cli, served
 from whatart.client.grpc_client import WhatartGrpcClient
 
 TOKEN = "s3cret-token-for-tests"
 
 
-@dataclass(frozen=True)
-class GuardedService:
-    url: str
-    grpc: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
-def guarded(demo_index: Path, triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedService]:
+def guarded(demo_index: Path, triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceEndpoints]:
     log = tmp_path_factory.mktemp("guarded") / "serve.log"
     with served(demo_index, triton.grpc_url, env={"WHATART_API_TOKEN": TOKEN}, log=log) as endpoints:
-        yield GuardedService(endpoints.url, endpoints.grpc, log)
+        yield endpoints
 
 
-def test_rest_needs_the_token_but_probes_do_not(guarded: GuardedService, met_images: list[Path]) -> None:
+def test_rest_needs_the_token_but_probes_do_not(guarded: ServiceEndpoints, met_images: list[Path]) -> None:
     upload = {"image": ("a.jpg", met_images[0].read_bytes())}
     missing = httpx.post(f"{guarded.url}/v1/identify", files=upload, timeout=60)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -47,7 +39,7 @@ def test_rest_needs_the_token_but_probes_do_not(guarded: GuardedService, met_ima
     assert httpx.get(f"{guarded.url}/metrics/", timeout=10).status_code == 200
 
 
-def test_the_cli_sends_the_token_from_the_environment(guarded: GuardedService, met_images: list[Path]) -> None:
+def test_the_cli_sends_the_token_from_the_environment(guarded: ServiceEndpoints, met_images: list[Path]) -> None:
     env = {**os.environ, "WHATART_API_TOKEN": TOKEN}
     result = run_cli("identify", str(met_images[1]), "--server", guarded.url, env=env)
     assert result.returncode == 0, result.stderr
@@ -56,7 +48,7 @@ def test_the_cli_sends_the_token_from_the_environment(guarded: GuardedService, m
     assert refused.returncode == 1 and "401" in refused.stdout + refused.stderr
 
 
-def test_grpc_needs_the_token_but_health_does_not(guarded: GuardedService, met_images: list[Path]) -> None:
+def test_grpc_needs_the_token_but_health_does_not(guarded: ServiceEndpoints, met_images: list[Path]) -> None:
     data = met_images[2].read_bytes()
     with WhatartGrpcClient(guarded.grpc) as anonymous:
         with pytest.raises(grpc.RpcError) as unary:
@@ -72,8 +64,11 @@ def test_grpc_needs_the_token_but_health_does_not(guarded: GuardedService, met_i
         assert [answer["request_id"] for answer in client.identify_stream([("7", data)], k=1)] == ["7"]
 
 
-def test_cors_is_off_and_the_token_is_never_logged(guarded: GuardedService) -> None:
+def test_cors_is_off_and_the_token_is_never_logged(guarded: ServiceEndpoints) -> None:
     response = httpx.options(f"{guarded.url}/v1/identify", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, timeout=10)
     assert "access-control-allow-origin" not in response.headers
-    assert TOKEN not in guarded.log.read_text()
+    assert guarded.log is not None
+    log = guarded.log.read_text()
+    assert f"serving on {guarded.url}" in log, "the log being searched is the service's"
+    assert TOKEN not in log

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ServiceEndpoints
-from tests.helpers import WHATART, json_lines, run_cli, triton_and_service
+from tests.helpers import WHATART, ServiceEndpoints, json_lines, run_cli, stop, triton_and_service
 
 
 def _batch_dir(directory: Path, met_images: list[Path]) -> Path:
@@ -84,12 +83,15 @@ def test_a_batch_that_outlives_triton_loses_and_repeats_nothing(
     with triton_and_service(model_repository, demo_index, tmp_path) as (triton, url, grpc_address):
         command = [WHATART, "identify", "--batch", str(listing), "--out", str(out), "--grpc", grpc_address, "--no-progress"]
         batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not out.exists() or len(out.read_text().splitlines()) < 10:
-            assert batch.poll() is None and time.monotonic() < deadline, "the batch ended before Triton could be killed"
-            time.sleep(0.05)
-        triton.stop()
-        first_out, first_err = batch.communicate(timeout=300)
+        try:
+            deadline = time.monotonic() + 120
+            while not out.exists() or len(out.read_text().splitlines()) < 10:
+                assert batch.poll() is None and time.monotonic() < deadline, "the batch ended before Triton could be killed"
+                time.sleep(0.05)
+            triton.kill()
+            first_out, first_err = batch.communicate(timeout=300)
+        finally:
+            stop(batch)
         written = json_lines(out.read_text())
         assert 10 <= len(written) < 60 and not any("error" in line for line in written), first_err
         first = json.loads(first_out)

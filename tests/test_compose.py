@@ -161,14 +161,16 @@ def test_the_milvus_profile_points_ingest_and_service_at_milvus(profiled: tuple[
     assert "service" in services["service-milvus"]["networks"]["default"]["aliases"], "the UI and Prometheus find it as `service`"
 
 
-def test_prometheus_scrapes_triton_and_the_service_on_their_ports(profiled: tuple[str | None, dict]) -> None:
-    services = profiled[1]["services"]
+def test_prometheus_gets_the_deploy_config_and_what_it_scrapes_listens(profiled: tuple[str | None, dict]) -> None:
+    """Compose's side only: the scrape targets (triton:8002, service:8080) are test_deploy's."""
+    profile, config = profiled
+    services = config["services"]
     mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
-    scrape = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
-    targets = {target for job in scrape["scrape_configs"] for group in job["static_configs"] for target in group["targets"]}
-    assert targets == {"triton:8002", "service:8080"}
+    assert mounts["/etc/prometheus/prometheus.yml"] == ROOT / "deploy" / "prometheus" / "prometheus.yml"
     triton_ports = {int(port["target"]) for port in services["triton"]["ports"]}
     assert 8002 in triton_ports and services["triton"]["command"][0] == "tritonserver"
+    (service,) = (name for name in PROFILES[profile][0] if name.startswith("service"))
+    assert 8080 in {int(port["target"]) for port in services[service]["ports"]}, f"{service} serves REST on 8080"
 
 
 def test_bind_mounts_exist_in_the_repository(profiled: tuple[str | None, dict]) -> None:

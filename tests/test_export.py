@@ -64,27 +64,27 @@ def model_config_kind(name: str) -> int:
 
 
 def test_gpu_flavour_uses_the_onnxruntime_backend_with_tensorrt_fp16(tmp_path: Path) -> None:
-    result = export_encoder("resnet50", tmp_path, "gpu", random_seed=7)
+    result = export_encoder("efficientnet-lite0", tmp_path, "gpu", random_seed=7)  # the smaller export: only its config is checked
     config = _parsed((result.model_dir / "config.pbtxt").read_text())
     assert config.backend == "onnxruntime" and config.instance_group[0].kind == model_config_kind("KIND_GPU")
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
     assert not (result.model_dir / "1" / "model.py").exists()
-    plain = run_cli("export", "--encoder", "resnet50", "--random-weights", "--flavour", "gpu", "--no-tensorrt",
+    plain = run_cli("export", "--encoder", "efficientnet-lite0", "--random-weights", "--flavour", "gpu", "--no-tensorrt",
                     "--model-repository", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr
-    assert not _parsed((tmp_path / "plain" / "resnet50" / "config.pbtxt").read_text()).HasField("optimization")
+    assert not _parsed((tmp_path / "plain" / "efficientnet-lite0" / "config.pbtxt").read_text()).HasField("optimization")
 
 
 def test_cpu_serving_options_reach_the_config_and_bad_ones_are_refused(tmp_path: Path) -> None:
-    result = run_cli("export", "--encoder", "resnet50", "--random-weights", "--instances", "2", "--threads", "1",
+    result = run_cli("export", "--encoder", "efficientnet-lite0", "--random-weights", "--instances", "2", "--threads", "1",
                      "--preferred-batch-sizes", "4,8", "--queue-delay-us", "500", "--model-repository", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    config = _parsed((tmp_path / "resnet50" / "config.pbtxt").read_text())
+    config = _parsed((tmp_path / "efficientnet-lite0" / "config.pbtxt").read_text())
     assert config.instance_group[0].count == 2 and config.parameters["intra_op_threads"].string_value == "1"
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
-    refused = run_cli("export", "--encoder", "resnet50", "--random-weights", "--preferred-batch-sizes", "8,128",
+    refused = run_cli("export", "--encoder", "efficientnet-lite0", "--random-weights", "--preferred-batch-sizes", "8,128",
                       "--model-repository", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "exceed the max batch size 64" in refused.stderr, refused.stderr
 

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tests.helpers import free_port, json_lines, run_cli
+from tests.helpers import json_lines, own_triton, run_cli
 from whatart.export.build import ExportResult, encoder_identity, export_encoder
 from whatart.export.encoders import ENCODERS, load_backbone
 from whatart.export.heads import HeadFileError, HeadSet, train_heads, validation_mask
@@ -30,7 +30,6 @@ from whatart.retrieval_service.model_contract import (
     head_labels_parameter,
     head_output_name,
 )
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
 from whatart.retrieval_service.verification import LocalFeatures
 
 STYLES = ("Naïve Art (Primitivism)", 'The "Quoted" School', "Back\\slash Realism")
@@ -181,16 +180,12 @@ def test_a_head_file_for_another_encoder_is_refused(head_file: Path, tmp_path: P
 
 
 def test_triton_returns_the_embedding_and_both_heads_in_one_call(exported: ExportResult, tmp_path: Path) -> None:
-    config = TritonConfig(
-        model_repository=exported.model_dir.parent, http_port=free_port(), grpc_port=free_port(),
-        metrics_port=free_port(), work_dir=tmp_path,
-    )
     batch = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     names = [OUTPUT_NAME, head_output_name("style"), head_output_name("genre")]
     session = ort.InferenceSession(str(exported.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(names, {INPUT_NAME: batch})
-    with TritonProcess(config, log_path=tmp_path / "triton.log"):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{config.grpc_port}")
+    with own_triton(exported.model_dir.parent, tmp_path) as (_, triton_url):
+        client = grpcclient.InferenceServerClient(triton_url)
         infer_input = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         infer_input.set_data_from_numpy(batch)
         result = client.infer("resnet50", [infer_input], outputs=[grpcclient.InferRequestedOutput(n) for n in names])

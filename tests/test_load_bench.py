@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import ServiceEndpoints
-from tests.helpers import run_cli
+from tests.helpers import ServiceEndpoints, run_cli
 
 
 def test_load_bench_reports_outcomes_and_latency_with_no_server_errors(service: ServiceEndpoints) -> None:

@@ -34,4 +34,4 @@ def test_json_logs_carry_request_ids_and_timings(demo_index: Path, triton: Trito
     assert identified["trace-rest"]["api"] == "rest" and identified["trace-grpc"]["api"] == "grpc"
     assert identified["trace-rest"]["top"] == f"met-{met_images[0].stem}"
     assert set(identified["trace-rest"]["timings_ms"]) == {"decode", "triton", "search", "metadata", "verify"}
-    assert not any(record.get("request_id") == "trace-bad" and record["level"] == "ERROR" for record in records)
+    assert not any(record["level"] == "ERROR" for record in records), "a refused upload is no server error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,23 @@ from whatart.retrieval_service.metadata import MetadataFilter
 from whatart.retrieval_service.search_batcher import SearchBatcher
 
 
+@pytest.fixture()
+def gallery(demo_index: Path) -> Iterator[Gallery]:
+    """The demo index, loaded for one test and closed after it, whatever its outcome."""
+    loaded = Gallery.load(demo_index)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
 def _batches() -> tuple[float, float]:
     count = REGISTRY.get_sample_value("whatart_search_batch_queries_count") or 0.0
     total = REGISTRY.get_sample_value("whatart_search_batch_queries_sum") or 0.0
     return count, total
 
 
-def test_waiting_queries_are_searched_together_and_each_gets_its_own_answer(demo_index: Path) -> None:
-    gallery = Gallery.load(demo_index)
+def test_waiting_queries_are_searched_together_and_each_gets_its_own_answer(gallery: Gallery) -> None:
     queries = [np.asarray(gallery.embeddings[i, :2], dtype=np.float32) for i in range(0, 100, 5)]  # 20 queries of 2 views
     ks = [1 + i % 7 for i in range(len(queries))]
     batcher = SearchBatcher(gallery, max_queries=8)
@@ -37,11 +47,9 @@ def test_waiting_queries_are_searched_together_and_each_gets_its_own_answer(demo
         alone = gallery.search(query, k)
         assert [row for row, _ in found] == [row for _, _, row in alone] and len(found) == k
     assert together[0][0][0] == 0, "a stored artwork's own views find it first"
-    gallery.close()
 
 
-def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(demo_index: Path) -> None:
-    gallery = Gallery.load(demo_index)
+def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(gallery: Gallery) -> None:
     good = np.asarray(gallery.embeddings[3, :1], dtype=np.float32)
     batcher = SearchBatcher(gallery)
 
@@ -52,11 +60,9 @@ def test_a_failed_search_fails_its_waiting_queries_and_the_next_search_works(dem
     failed, later = asyncio.run(scenario())
     assert all(isinstance(outcome, ValueError) for outcome in failed), failed
     assert later[0][0] == 3
-    gallery.close()
 
 
-def test_queries_with_different_filters_are_searched_apart_each_within_its_filter(demo_index: Path) -> None:
-    gallery = Gallery.load(demo_index)
+def test_queries_with_different_filters_are_searched_apart_each_within_its_filter(gallery: Gallery) -> None:
     artworks = gallery.metadata.in_row_order()
     artist = artworks[10].artist
     only_artist = MetadataFilter(artist=artist)
@@ -75,11 +81,9 @@ def test_queries_with_different_filters_are_searched_apart_each_within_its_filte
     assert filtered[0][0] == 10 and {row for row, _ in filtered + other_filtered} <= expected
     assert len(other_filtered) == min(5, len(expected))
     assert unfiltered[0][0] not in expected, "without the filter the other artist's work comes first"
-    gallery.close()
 
 
-def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(demo_index: Path) -> None:
-    gallery = Gallery.load(demo_index)
+def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(gallery: Gallery) -> None:
     query = np.asarray(gallery.embeddings[7, 2:3], dtype=np.float32)  # the most blurred view of artwork 7
     with pytest.raises(GalleryError, match="build_sharp_index"):
         gallery.search_many([query], 5, sharp_only=True)
@@ -89,4 +93,3 @@ def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(demo_index:
     expected = np.argsort(-(sharp @ query[0]))[:5]
     assert [row for _, _, row in found] == expected.tolist()
     assert [score for _, score, _ in found] == pytest.approx((sharp @ query[0])[expected].tolist(), abs=1e-5)
-    gallery.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import WHATART, free_port, run_cli, stop, triton_and_service, wait_for_http
+from tests.helpers import free_port, run_cli, served, triton_and_service
 from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.gallery import Gallery
 
@@ -94,25 +93,17 @@ def _calibrated_index(paths: list[Path], triton: TritonEndpoints, work: Path) ->
 @contextmanager
 def _reloading_service(index: Path, triton: TritonEndpoints) -> Iterator[httpx.Client]:
     """`whatart serve` over `index`, looking for new index versions every 0.2 s."""
-    port = free_port()
-    service = subprocess.Popen([WHATART, "serve", "--index", str(index), "--port", str(port), "--grpc-port", str(free_port()),
-                                "--triton-url", triton.grpc_url],
-                               env={**os.environ, "WHATART_RELOAD_CHECK_S": "0.2"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", service)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            yield http
-    finally:
-        stop(service)
+    with served(index, triton.grpc_url, env={"WHATART_RELOAD_CHECK_S": "0.2"}) as service, \
+            httpx.Client(base_url=service.url, timeout=30) as http:
+        yield http
 
 
 def _artworks_served(http: httpx.Client, expected: int, timeout_s: float = 30) -> int:
     """The gallery size /health reports, once it is `expected` or `timeout_s` has passed."""
     deadline = time.monotonic() + timeout_s
-    while (served := http.get("/health").json()["artworks"]) != expected and time.monotonic() < deadline:
+    while (artworks := http.get("/health").json()["artworks"]) != expected and time.monotonic() < deadline:
         time.sleep(0.2)
-    return served
+    return artworks
 
 
 def test_a_running_service_picks_up_a_newly_published_index(triton: TritonEndpoints, met_images: list[Path], tmp_path: Path) -> None:

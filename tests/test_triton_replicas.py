@@ -17,9 +17,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import free_port, served
+from tests.helpers import own_triton, served
 from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+from whatart.retrieval_service.triton_server import TritonProcess
 
 MODEL = "efficientnet-lite0"
 
@@ -27,11 +27,8 @@ MODEL = "efficientnet-lite0"
 @pytest.fixture()
 def second_triton(triton: TritonEndpoints, tmp_path: Path) -> Iterator[tuple[TritonProcess, str]]:
     """Another replica of the session's Triton: same model repository, its own ports."""
-    config = TritonConfig(triton.config.model_repository, free_port(), free_port(), free_port(), work_dir=tmp_path / "triton-b")
-    process = TritonProcess(config, log_path=tmp_path / "triton-b.log")
-    process.start()
-    yield process, f"127.0.0.1:{config.grpc_port}"
-    process.stop()
+    with own_triton(triton.config.model_repository, tmp_path / "triton-b") as replica:
+        yield replica
 
 
 def _executions(url: str) -> int:
@@ -93,19 +90,14 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
     shutil.copytree(triton.config.model_repository, repository)
     config_file = repository / MODEL / "config.pbtxt"
     config_file.write_text(re.sub(r'(whatart\.weights_sha256" value: \{ string_value: ")\w+', r"\g<1>0123abcd", config_file.read_text()))
-    config = TritonConfig(repository, free_port(), free_port(), free_port(), work_dir=tmp_path / "triton-c")
-    process = TritonProcess(config, log_path=tmp_path / "triton-c.log")
-    process.start()
 
-    async def describe() -> None:
-        encoder = TritonEncoder(f"{triton.grpc_url},127.0.0.1:{config.grpc_port}", MODEL)
+    async def describe(other: str) -> None:
+        encoder = TritonEncoder(f"{triton.grpc_url},{other}", MODEL)
         try:
             await encoder.served_model()
         finally:
             await encoder.close()
 
-    try:
-        with pytest.raises(EncoderUnavailable, match="Triton replicas disagree about model 'efficientnet-lite0'.*0123abcd"):
-            asyncio.run(describe())
-    finally:
-        process.stop()
+    with own_triton(repository, tmp_path / "triton-c") as (_, other), \
+            pytest.raises(EncoderUnavailable, match="Triton replicas disagree about model 'efficientnet-lite0'.*0123abcd"):
+        asyncio.run(describe(other))
