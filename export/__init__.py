@@ -1,2 +1,3 @@
-"""Build-time side of whatart: turn a torch backbone into an ONNX embedding model and a
-Triton model repository. The only part of the project that needs torch."""
+"""Build-time side of whatart: write the Triton model repository. SSCD (the default) comes as
+an installed ONNX file and needs no torch; the torch-built encoders and the heads need the
+`export` extra."""

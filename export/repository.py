@@ -1,6 +1,6 @@
-"""Write a Triton model repository entry: config.pbtxt, 1/model.onnx (+ 1/model.py on CPU).
+"""Write Triton model repository entries: encoders, heads models and the ensembles of both.
 
-Two flavours of the same model.onnx:
+Two flavours of the same ONNX graph:
 - ``gpu``: Triton's onnxruntime backend on KIND_GPU (the NGC container);
 - ``cpu``: the python backend running onnxruntime on KIND_CPU (the tritonserver binary
   from nvidia-pytriton, the only Triton that installs on CPU-only hosts).
@@ -31,6 +31,8 @@ FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
 CPU_MODEL_TEMPLATE = Path(__file__).with_name("triton_cpu_model.py")
 INTRA_OP_THREADS = "intra_op_threads"
 """config parameter read by triton_cpu_model.py"""
+INSTALLED_GRAPH = "installed_graph"
+"""config parameter read by triton_cpu_model.py: `module:attribute` naming the installed ONNX file"""
 TENSORRT_FP16 = """
 optimization { execution_accelerators { gpu_execution_accelerator: [ {
   name: "tensorrt"
@@ -73,6 +75,23 @@ HeadLabels = Mapping[str, tuple[str, ...]]
 """task -> label names, in the order of the head's probabilities."""
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model, as config.pbtxt declares it (batch axis left out)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+def pixels_input(input_size: int) -> TensorSpec:
+    return TensorSpec(INPUT_NAME, "TYPE_UINT8", (input_size, input_size, 3))
+
+
+def head_outputs(heads: HeadLabels) -> list[TensorSpec]:
+    return [TensorSpec(head_output_name(task), "TYPE_FP32", (len(names),)) for task, names in heads.items()]
+
+
 def pbtxt_string(value: str) -> str:
     """A protobuf text-format string literal that Triton parses back to exactly `value`:
     quotes and backslashes escaped, anything outside printable ASCII as octal UTF-8 bytes."""
@@ -88,75 +107,142 @@ def pbtxt_string(value: str) -> str:
     return '"' + "".join(escaped) + '"'
 
 
+def _tensors(specs: list[TensorSpec]) -> str:
+    return ",\n".join(
+        f'  {{ name: "{spec.name}" data_type: {spec.data_type} dims: [ {", ".join(map(str, spec.dims))} ] }}' for spec in specs
+    )
+
+
+def _parameters(parameters: Mapping[str, str]) -> str:
+    return "\n".join(
+        f"parameters {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}"
+        for key, value in parameters.items()
+    )
+
+
+def head_label_parameters(heads: HeadLabels) -> dict[str, str]:
+    """Each head's labels as a JSON list (model_contract.head_labels_parameter)."""
+    return {head_labels_parameter(task): json.dumps(list(names), ensure_ascii=False) for task, names in heads.items()}
+
+
 def render_config(
-    identity: ModelIdentity, input_size: int, flavour: Flavour, serving: ServingConfig, heads: HeadLabels | None = None
+    name: str, flavour: Flavour, serving: ServingConfig, inputs: list[TensorSpec], outputs: list[TensorSpec],
+    parameters: Mapping[str, str], tensorrt: bool = True,
 ) -> str:
-    """config.pbtxt text for one model; each head adds an output and a parameter with its
-    labels as a JSON list (model_contract.head_output_name / head_labels_parameter)."""
-    heads = heads or {}
+    """config.pbtxt of one ONNX model with dynamic batching: the onnxruntime backend on GPU
+    (TensorRT FP16 when `serving` and `tensorrt` ask for it), the python backend on CPU."""
     if flavour == "gpu":
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
-        if serving.tensorrt_fp16:
+        if serving.tensorrt_fp16 and tensorrt:
             backend += TENSORRT_FP16
         kind = "KIND_GPU"
     else:
         backend = 'backend: "python"'
         kind = "KIND_CPU"
-    extra = {head_labels_parameter(task): json.dumps(list(names), ensure_ascii=False) for task, names in heads.items()}
-    if flavour == "cpu" and serving.threads_per_instance:
-        extra[INTRA_OP_THREADS] = str(serving.threads_per_instance)
-    parameters = "\n".join(
-        f"parameters {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}"
-        for key, value in {**identity.to_parameters(), **extra}.items()
-    )
-    outputs = ",\n".join(
-        f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {dim} ] }}'
-        for name, dim in [(OUTPUT_NAME, identity.dim), *((head_output_name(t), len(names)) for t, names in heads.items())]
-    )
+        if serving.threads_per_instance:
+            parameters = {**parameters, INTRA_OP_THREADS: str(serving.threads_per_instance)}
     preferred = ", ".join(str(size) for size in serving.preferred_batch_sizes)
-    return f"""name: "{identity.name}"
+    return f"""name: "{name}"
 {backend}
 max_batch_size: {serving.max_batch_size}
 input [
-  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ {input_size}, {input_size}, 3 ] }}
+{_tensors(inputs)}
 ]
 output [
-{outputs}
+{_tensors(outputs)}
 ]
 instance_group [ {{ count: {serving.instances} kind: {kind} }} ]
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {serving.max_queue_delay_us}
 }}
-{parameters}
+{_parameters(parameters)}
 """
 
 
-def write_model(
-    repository: Path,
-    identity: ModelIdentity,
-    onnx_path: Path,
-    input_size: int,
-    flavour: Flavour,
-    serving: ServingConfig = DEFAULT_SERVING,
-    heads: HeadLabels | None = None,
-) -> Path:
+def render_encoder_config(
+    identity: ModelIdentity, input_size: int, flavour: Flavour, serving: ServingConfig, installed_source: str | None = None,
+) -> str:
+    """An encoder: uint8 pixels in, the embedding out, its identity as parameters;
+    `installed_source` (`module:attribute`) tells the CPU model.py where pip put the graph."""
+    parameters = identity.to_parameters()
+    if installed_source and flavour == "cpu":
+        parameters[INSTALLED_GRAPH] = installed_source
+    outputs = [TensorSpec(OUTPUT_NAME, "TYPE_FP32", (identity.dim,))]
+    return render_config(identity.name, flavour, serving, [pixels_input(input_size)], outputs, parameters)
+
+
+def render_ensemble_config(
+    name: str, identity: ModelIdentity, input_size: int, serving: ServingConfig, encoder: str, heads_model: str,
+    heads: HeadLabels,
+) -> str:
+    """A Triton ensemble: pixels -> `encoder` -> embedding -> `heads_model` -> probabilities,
+    one request for the caller. It carries the encoder's identity and the heads' labels, so
+    the service reads it exactly as it reads a bare encoder."""
+    outputs = [TensorSpec(OUTPUT_NAME, "TYPE_FP32", (identity.dim,)), *head_outputs(heads)]
+    head_maps = "\n".join(f'      output_map {{ key: "{o.name}" value: "{o.name}" }}' for o in head_outputs(heads))
+    parameters = {**identity.to_parameters(), **head_label_parameters(heads)}
+    return f"""name: "{name}"
+platform: "ensemble"
+max_batch_size: {serving.max_batch_size}
+input [
+{_tensors([pixels_input(input_size)])}
+]
+output [
+{_tensors(outputs)}
+]
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "{encoder}"
+      model_version: -1
+      input_map {{ key: "{INPUT_NAME}" value: "{INPUT_NAME}" }}
+      output_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
+    }},
+    {{
+      model_name: "{heads_model}"
+      model_version: -1
+      input_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
+{head_maps}
+    }}
+  ]
+}}
+{_parameters(parameters)}
+"""
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The ONNX file a model runs. `installed`: a file a package installed, whose licence
+    allows no copies: the GPU flavour links to it and the CPU flavour's model.py opens it
+    where it is (INSTALLED_GRAPH); otherwise the file is ours and copied into the model."""
+
+    path: Path
+    installed: bool = False
+
+
+def write_model(repository: Path, name: str, config: str, flavour: Flavour, graph: Graph | None) -> Path:
     """Install the model under repository/<name>/, replacing any previous version whole:
-    it is assembled beside the target and swapped in, so Triton never sees half a model."""
+    it is assembled beside the target and swapped in, so Triton never sees half a model.
+    `graph` None: a model without a file of its own (an ensemble)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     repository.mkdir(parents=True, exist_ok=True)
-    target = repository / identity.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{identity.name}-", dir=repository))
+    target = repository / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
     version = staging / "1"
     version.mkdir()
-    shutil.copyfile(onnx_path, version / "model.onnx")
-    if flavour == "cpu":
-        shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
-    (staging / "config.pbtxt").write_text(render_config(identity, input_size, flavour, serving, heads))
+    if graph is not None:
+        if flavour == "cpu":
+            shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
+        if not graph.installed:
+            shutil.copyfile(graph.path, version / "model.onnx")
+        elif flavour == "gpu":
+            (version / "model.onnx").symlink_to(graph.path.resolve())
+    (staging / "config.pbtxt").write_text(config)
     staging.chmod(0o755)
     if target.exists():
-        retired = target.with_name(f".{identity.name}-retired")
+        retired = target.with_name(f".{name}-retired")
         shutil.rmtree(retired, ignore_errors=True)
         target.rename(retired)
         staging.rename(target)

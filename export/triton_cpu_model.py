@@ -2,12 +2,17 @@
 
 On CPU hosts the only Triton available (the `tritonserver` binary inside the
 nvidia-pytriton wheel) has the python backend alone, so this file stands in for the
-onnxruntime backend. `whatart export --flavour cpu` copies it next to model.onnx.
+onnxruntime backend. `whatart export --flavour cpu` copies it next to model.onnx, or, for a graph that a package
+installed and whose licence allows no copies (SSCD), names that file by `module:attribute`
+in the `installed_graph` parameter: it is opened where pip put it, after checking that it
+is still the file the model was exported from (its sha256 is the model's identity).
 Dynamic batching hands several requests to one `execute` call; they run as one batch.
 Every output listed in config.pbtxt (the embedding, and the head probabilities when the
 model has heads) is returned; Triton passes on the ones a request asked for.
 """
 
+import hashlib
+import importlib
 import json
 import os
 
@@ -30,15 +35,35 @@ class TritonPythonModel:
         threads = int(parameters.get("intra_op_threads", "0"))
         if threads > 0:
             options.intra_op_num_threads = threads
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        if "installed_graph" in parameters:
+            path = _installed_graph(parameters["installed_graph"], parameters["whatart.weights_sha256"])
+        else:
+            path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.graph_input = self.session.get_inputs()[0].name
 
     def execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(batches)})
+        outputs = self.session.run(self.output_names, {self.graph_input: np.concatenate(batches)})
         splits = np.cumsum([len(batch) for batch in batches])[:-1]
         per_request = zip(*(np.split(output, splits) for output in outputs), strict=True)
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(name, chunk) for name, chunk in zip(self.output_names, chunks, strict=True)])
             for chunks in per_request
         ]
+
+
+def _installed_graph(source, sha256):
+    """The installed file `module:attribute` names, refused if it is not the exported one."""
+    module_name, attribute = source.split(":")
+    path = str(getattr(importlib.import_module(module_name), attribute))
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise pb_utils.TritonModelException(
+            f"{path} is not the file this model was exported from (sha256 {digest.hexdigest()[:12]}, expected {sha256[:12]}): "
+            "run `whatart export` again"
+        )
+    return path

@@ -40,7 +40,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # gRPC aio channels belong to the event loop that creates them: make it here.
-        encoder = TritonEncoder.from_settings(settings, served.identity.name)
+        encoder = TritonEncoder.from_settings(settings, served.model_name)
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.serving(len(gallery), len(gallery.vectors))

@@ -26,8 +26,10 @@ from whatart.retrieval_service.model_contract import (
     INPUT_NAME,
     OUTPUT_NAME,
     ModelIdentity,
+    ensemble_name,
     head_labels_parameter,
     head_output_name,
+    heads_model_name,
 )
 from whatart.retrieval_service.settings import Settings, replica_urls
 
@@ -42,6 +44,8 @@ class EncoderUnavailable(DependencyUnavailable):
 class ServedModel:
     """What Triton says about a model: its identity and the input size it expects."""
 
+    model_name: str
+    """the Triton model to call: the encoder, or the ensemble of the encoder and its heads"""
     identity: ModelIdentity
     input_size: int
     max_batch_size: int
@@ -169,6 +173,7 @@ class TritonEncoder:
             if head_output_name(task) in outputs and head_labels_parameter(task) in parameters
         }
         return ServedModel(
+            model_name=self.model_name,
             identity=identity,
             input_size=height,
             max_batch_size=int(config.get("max_batch_size", 0)),
@@ -223,8 +228,9 @@ class TritonEncoder:
             await replica.client.close()
 
 
-async def list_ready_models(url: str) -> list[str]:
-    """Names of the models Triton at `url` reports ready."""
+async def model_states(url: str) -> dict[str, str]:
+    """Each model of the repository Triton at `url` serves from, and its state (READY,
+    LOADING, UNAVAILABLE; "" for one never loaded)."""
     client = grpcclient.InferenceServerClient(url)
     try:
         index = await client.get_model_repository_index(as_json=True)
@@ -232,14 +238,33 @@ async def list_ready_models(url: str) -> list[str]:
         raise EncoderUnavailable(f"cannot reach Triton at {url}: {error.message()}") from None
     finally:
         await client.close()
-    return [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+    return {m["name"]: m.get("state", "") for m in index.get("models", [])}
+
+
+def encoder_models(ready: list[str]) -> list[str]:
+    """The encoders among the ready models: an encoder's heads model and its ensemble with
+    them are parts of it, not encoders of their own."""
+    names = set(ready)
+    parts = {part for name in names for part in (heads_model_name(name), ensemble_name(name))}
+    return sorted(names - parts)
+
+
+async def served_as(url: str, encoder: str) -> str:
+    """What identification calls for `encoder`: its ensemble with the style/genre heads when
+    Triton at `url` serves (or is loading) one, else the encoder itself. An ensemble answers
+    only requests for all its outputs, so embeddings alone (ingest) come from the encoder."""
+    ensemble = ensemble_name(encoder)
+    if (await model_states(url)).get(ensemble) in ("READY", "LOADING"):
+        return ensemble
+    log.info("no style/genre heads: Triton does not serve %s (`whatart train-head`, then `whatart export --head FILE`)", ensemble)
+    return encoder
 
 
 async def resolve_model(url: str, model: str | None) -> str:
-    """`model` when given, else the one model Triton at `url` serves (refusing to guess among several)."""
+    """`model` when given, else the one encoder Triton at `url` serves (refusing to guess among several)."""
     if model is not None:
         return model
-    ready = await list_ready_models(url)
+    ready = encoder_models([name for name, state in (await model_states(url)).items() if state == "READY"])
     if len(ready) != 1:
         raise EncoderUnavailable(
             f"Triton at {url} serves {len(ready)} ready models ({', '.join(ready) or 'none'}): name one with --model"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-INPUT_NAME = "images"
-"""uint8 RGB pixels, NHWC: [batch, height, width, 3]. Normalisation happens inside the graph."""
+INPUT_NAME = "image"
+"""uint8 RGB pixels, NHWC: [batch, height, width, 3]. Normalisation happens inside the graph.
+The name is that of the packaged SSCD graphs' input, which may not be edited (export/packaged.py)."""
 
 OUTPUT_NAME = "embedding"
 """float32 [batch, dim], L2-normalised, so inner product is cosine similarity."""
@@ -18,7 +19,18 @@ PARAMETER_PREFIX = "whatart."
 """Prefix of the config.pbtxt parameters that carry a model's identity."""
 
 HEAD_TASKS = ("style", "genre")
-"""Optional classification heads baked into the same graph (`whatart train-head`)."""
+"""Optional classification heads on the embedding (`whatart train-head`), served as a model
+of their own and composed with the encoder by a Triton ensemble."""
+
+
+def heads_model_name(encoder: str) -> str:
+    """The Triton model of an encoder's heads: embedding in, each head's probabilities out."""
+    return f"{encoder}-heads"
+
+
+def ensemble_name(encoder: str) -> str:
+    """The Triton ensemble encoder -> heads: what the service asks when heads exist."""
+    return f"{encoder}-with-heads"
 
 
 def head_output_name(task: str) -> str:

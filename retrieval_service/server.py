@@ -9,26 +9,37 @@ import time
 import uvicorn
 
 from whatart.retrieval_service.api import create_app
-from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder
+from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder, served_as
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import check_compatible
-from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.settings import Settings, replica_urls
 
 log = logging.getLogger(__name__)
 
 
-async def wait_for_model(settings: Settings, model_name: str) -> ServedModel:
-    """Wait (up to triton_wait_s) for Triton to serve `model_name`, then describe it."""
+async def _wait_until_ready(encoder: TritonEncoder, deadline: float, settings: Settings) -> None:
+    while not await encoder.is_ready():
+        if time.monotonic() > deadline:
+            raise EncoderUnavailable(
+                f"Triton at {settings.triton_url} did not serve model {encoder.model_name!r} within "
+                f"{settings.triton_wait_s:.0f} s: start it with `whatart triton` (or check its log)"
+            )
+        await asyncio.sleep(0.5)
+
+
+async def wait_for_model(settings: Settings, encoder_name: str) -> ServedModel:
+    """Wait (up to triton_wait_s) for Triton to serve the encoder (through its ensemble with
+    heads where that is served), then describe it."""
+    deadline = time.monotonic() + settings.triton_wait_s
+    probe = TritonEncoder(settings.triton_url, encoder_name, settings.triton_timeout_s)
+    try:
+        await _wait_until_ready(probe, deadline, settings)
+    finally:
+        await probe.close()
+    model_name = await served_as(replica_urls(settings.triton_url)[0], encoder_name)
     encoder = TritonEncoder(settings.triton_url, model_name, settings.triton_timeout_s)
     try:
-        deadline = time.monotonic() + settings.triton_wait_s
-        while not await encoder.is_ready():
-            if time.monotonic() > deadline:
-                raise EncoderUnavailable(
-                    f"Triton at {settings.triton_url} did not serve model {model_name!r} within "
-                    f"{settings.triton_wait_s:.0f} s: start it with `whatart triton` (or check its log)"
-                )
-            await asyncio.sleep(0.5)
+        await _wait_until_ready(encoder, deadline, settings)
         return await encoder.served_model()
     finally:
         await encoder.close()
@@ -42,8 +53,8 @@ def prepare(settings: Settings) -> tuple[Gallery, ServedModel]:
     served = asyncio.run(wait_for_model(settings, gallery.manifest.model.name))
     check_compatible(gallery, served, str(settings.index_dir))
     log.info(
-        "gallery %s: %d artworks, model %s (dim %d); ready in %.2f s",
-        gallery.directory, len(gallery), served.identity.name, served.identity.dim, time.perf_counter() - started,
+        "gallery %s: %d artworks, model %s (dim %d) through %s; ready in %.2f s",
+        gallery.directory, len(gallery), served.identity.name, served.identity.dim, served.model_name, time.perf_counter() - started,
     )
     return gallery, served
 

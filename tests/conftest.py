@@ -24,9 +24,9 @@ class TritonEndpoints:
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pretrained EfficientNet-Lite0 encoder (the one with ImageNet weights here), CPU flavour."""
+    """SSCD, the default encoder (its installed ONNX file, never copied), CPU flavour."""
     repository = tmp_path_factory.mktemp("model_repository")
-    result = run_cli("export", "--encoder", "efficientnet-lite0", "--model-repository", str(repository))
+    result = run_cli("export", "--encoder", "sscd", "--model-repository", str(repository))
     assert result.returncode == 0, result.stderr
     return repository
 

@@ -32,14 +32,14 @@ def test_health_reports_triton_and_the_gallery(http: httpx.Client, triton: Trito
     assert response.status_code == 200
     body = response.json()
     assert body == {"status": "ok", "triton": "ready", "triton_replicas": {triton.grpc_url: "ready"},
-                    "model": "efficientnet-lite0", "artworks": 174}
+                    "model": "sscd", "artworks": 174}
 
 
 def test_identify_returns_ranked_matches_with_metadata(http: httpx.Client, harvesters: bytes) -> None:
     response = http.post("/v1/identify", files={"image": ("h.jpg", harvesters, "image/jpeg")})
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == "efficientnet-lite0" and body["took_ms"] > 0
+    assert body["model"] == "sscd" and body["took_ms"] > 0
     assert set(body["timings_ms"]) == {"decode", "triton", "search", "metadata", "verify"}
     assert body["in_gallery"] is True and body["confidence"] > 0.9
     matches = body["matches"]

@@ -28,6 +28,6 @@ def test_bench_index_prints_build_latency_memory_and_recall(demo_index: Path, tr
 
 
 def test_bench_index_refuses_fewer_dimensions_than_the_encoder(demo_index: Path, triton: TritonEndpoints) -> None:
-    result = run_cli("bench", "index", "--n", "1000", "--dim", "512", "--queries", "5", "--index", str(demo_index),
+    result = run_cli("bench", "index", "--n", "1000", "--dim", "256", "--queries", "5", "--index", str(demo_index),
                      "--triton-url", triton.grpc_url)
-    assert result.returncode == 2 and "below the encoder's 1280 dimensions" in result.stderr
+    assert result.returncode == 2 and "below the encoder's 512 dimensions" in result.stderr

@@ -53,8 +53,8 @@ def test_bench_throughput_measures_the_seed_loop_the_encoder_and_the_service_in_
         assert 0 < measured["p50_ms"] <= measured["p99_ms"], name
         assert measured["top1"] >= 0.9, (name, measured)
     encoder = figures["encoder"]
-    assert [rate["batch"] for rate in encoder["onnxruntime_fp32"]] == [1, 16]
-    assert all(rate["images_per_s"] > 0 for rate in encoder["onnxruntime_fp32"] + encoder["triton"]["loads"])
+    assert encoder["onnxruntime"]["precision"] == "fp32" and [rate["batch"] for rate in encoder["onnxruntime"]["rates"]] == [1, 16]
+    assert all(rate["images_per_s"] > 0 for rate in encoder["onnxruntime"]["rates"] + encoder["triton"]["loads"])
     limit = encoder["fp32_limit"]
     assert 7.5 < limit["model_gflop_per_image"] < 8.5, "ResNet50 at 224 px is about 8.2 GFLOP"
     assert limit["gemm_gflop_per_s"] > 1 and limit["images_per_s"] == pytest.approx(

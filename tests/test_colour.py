@@ -64,7 +64,7 @@ def canvas_index(triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFacto
 
 
 async def _top1(index: Path, triton: TritonEndpoints, settings: Settings) -> list[str]:
-    encoder = TritonEncoder(triton.grpc_url, "efficientnet-lite0")
+    encoder = TritonEncoder(triton.grpc_url, "sscd")
     gallery = Gallery.load(index)
     try:
         identifier = Identifier(gallery, encoder, await encoder.served_model(), settings)

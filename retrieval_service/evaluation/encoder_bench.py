@@ -1,5 +1,5 @@
-"""Encoder speed for `whatart bench throughput`: through Triton, in-process onnxruntime FP32,
-and this CPU's FP32 limit for the model.
+"""Encoder speed for `whatart bench throughput`: through Triton, in-process onnxruntime, and
+this CPU's FP32 limit for the model.
 
 The FP32 limit is measured, not taken from a datasheet: the best FP32 dense throughput
 software reaches on this machine (a large float32 matrix product through numpy's BLAS on
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from whatart.retrieval_service.encoder import TritonEncoder
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME
+from whatart.retrieval_service.model_contract import OUTPUT_NAME
 
 GEMM_SIDE = 2048
 
@@ -45,14 +45,21 @@ class Fp32Limit:
                 "throughput on all cores divided by the model's FP32 work per image (counted from its ONNX graph)"}
 
 
-def model_gflop(onnx_path: Path) -> float:
-    """FP32 GFLOP per image of the graph: 2 x MACs of every Conv and Gemm/MatMul."""
+def model_gflop(onnx_path: Path, input_size: int) -> float:
+    """GFLOP per image of the graph at `input_size` px, as FP32 work: 2 x MACs of every Conv
+    and Gemm/MatMul (weights given directly, or through a DequantizeLinear or Cast as in INT8
+    QDQ and FP16 graphs). The file is only read: a graph of any input size gets this one in memory."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    loaded = onnx.load(str(onnx_path))
+    for dim, value in zip(loaded.graph.input[0].type.tensor_type.shape.dim, (1, input_size, input_size, 3), strict=True):
+        dim.dim_value = value
+    model = onnx.shape_inference.infer_shapes(loaded)
     shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
               for value in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    weights.update({node.output[0]: weights[node.input[0]] for node in model.graph.node
+                    if node.op_type in ("DequantizeLinear", "Cast") and node.input[0] in weights})
     macs = 0
     for node in model.graph.node:
         if node.op_type == "Conv" and node.input[1] in weights and node.output[0] in shapes:
@@ -71,14 +78,14 @@ def gemm_gflop_per_s(repeats: int = 5) -> float:
     return 2 * GEMM_SIDE**3 / best / 1e9
 
 
-def fp32_limit(onnx_path: Path) -> Fp32Limit:
-    gemm, gflop = gemm_gflop_per_s(), model_gflop(onnx_path)
+def fp32_limit(onnx_path: Path, input_size: int) -> Fp32Limit:
+    gemm, gflop = gemm_gflop_per_s(), model_gflop(onnx_path, input_size)
     return Fp32Limit(round(gemm, 1), round(gflop, 3), round(gemm / gflop, 1))
 
 
 def onnxruntime_rate(onnx_path: Path, pixels: np.ndarray, batch: int, seconds: float) -> Rate:
     """In-process onnxruntime on every core, full graph optimisation: the best a plain
-    FP32 session does here without Triton."""
+    session does here without Triton."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -86,11 +93,12 @@ def onnxruntime_rate(onnx_path: Path, pixels: np.ndarray, batch: int, seconds: f
     options.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     batches = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
-    session.run([OUTPUT_NAME], {INPUT_NAME: batches[0]})  # warm-up
+    graph_input = session.get_inputs()[0].name
+    session.run([OUTPUT_NAME], {graph_input: batches[0]})  # warm-up
     images, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for chunk in batches:
-            session.run([OUTPUT_NAME], {INPUT_NAME: chunk})
+            session.run([OUTPUT_NAME], {graph_input: chunk})
             images += len(chunk)
     return Rate(batch, 1, images, round(images / (time.perf_counter() - started), 1))
 

@@ -8,14 +8,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from whatart.retrieval_service.calibration import Calibration
-from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
+from whatart.retrieval_service.encoder import TritonEncoder, resolve_model, served_as
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.ingest import current_gallery, ingest
 from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.settings import Settings, replica_urls
 from whatart.retrieval_service.sources import GallerySource, open_source
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
                    model: str | None, concurrency: int, calibrate: bool) -> dict:
     source = open_source(source_spec)
     model = await resolve_model(settings.triton_url, model)
-    encoder = TritonEncoder.from_settings(settings, model)
-    served = await encoder.served_model()
+    encoder = TritonEncoder.from_settings(settings, model)  # embeddings for the galleries
+    identifying = TritonEncoder.from_settings(settings, await served_as(replica_urls(settings.triton_url)[0], model))
+    served = await identifying.served_model()
     measured: dict[str, dict] = {}
     results: dict[str, object] = {
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
@@ -84,7 +85,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
         retrieval = [p for p in protocols if p != "open-set"]
         if retrieval:
             gallery = await _ensure_gallery(index_dir, source, encoder, settings)
-            identifier = Identifier(gallery, encoder, served, settings)
+            identifier = Identifier(gallery, identifying, served, settings)
             for protocol in retrieval:
                 measured[protocol] = asdict(await _retrieval(identifier, source.artworks, protocol, n, seed, concurrency))
         if "open-set" in protocols:
@@ -92,7 +93,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
             kept = [a for a in source.artworks if not is_held_out(a.id)]
             open_dir = index_dir.with_name(index_dir.name + "-openset")
             open_gallery = await _ensure_gallery(open_dir, GallerySource(source.name + " minus hold-out", kept), encoder, settings)
-            identifier = Identifier(open_gallery, encoder, served, settings)
+            identifier = Identifier(open_gallery, identifying, served, settings)
             report, calibration = await _open_set(identifier, kept, held_out, n, seed, concurrency, calibrate)
             measured["open-set"] = report
             if calibration is not None:
@@ -102,6 +103,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
                 report["calibration"] = asdict(calibration)
     finally:
         await encoder.close()
+        await identifying.close()
     return results
 
 

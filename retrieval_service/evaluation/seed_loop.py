@@ -3,7 +3,9 @@
 What the prior art did, one image at a time: PIL decode -> torchvision transforms -> eager
 torch ResNet50 at batch 1 -> FAISS exact search (k=5) over the gallery's sharp embeddings.
 It runs the same weights as the model Triton serves (checked by fingerprint), so its answers
-are comparable. Needs torch and torchvision (the `export` extra).
+are comparable; when the served encoder is not a torchvision ResNet50 (SSCD ships as an
+INT8 ONNX file), it runs seeded random weights and measures speed only. Needs torch and
+torchvision (the `export` extra).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from whatart.export.packaged import PACKAGED_ENCODERS
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.service_bench import Answers
 
@@ -24,17 +27,24 @@ class BaselineMismatch(WhatartError):
     """The baseline cannot run the weights of the served model; the message says what to pass."""
 
 
+SPEED_ONLY_SEED = 0
+"""Seed of the random ResNet50 weights the loop runs when the served encoder is no torchvision ResNet50."""
+
+
 def _seed_model(encoder: str, weights: Path | None, random_seed: int | None, served_sha256: str):
     """torchvision ResNet50 with its classifier removed (pooled 2048-d features), loaded with
-    the served model's weights."""
+    the served model's weights (random ones when those are not torchvision's)."""
     from torch import nn
 
     from whatart.export.encoders import ENCODERS, load_backbone, weights_fingerprint
 
-    if encoder != "resnet50":
+    if encoder in PACKAGED_ENCODERS:
+        trunk = load_backbone(ENCODERS["resnet50"], None, SPEED_ONLY_SEED)
+    elif encoder != "resnet50":
         raise BaselineMismatch(f"the seed-style baseline is ResNet50; the served model is a {encoder}")
-    trunk = load_backbone(ENCODERS[encoder], weights, random_seed)
-    if weights_fingerprint(trunk) != served_sha256:
+    else:
+        trunk = load_backbone(ENCODERS[encoder], weights, random_seed)
+    if encoder == "resnet50" and weights_fingerprint(trunk) != served_sha256:
         raise BaselineMismatch(
             "the baseline's weights differ from the served model's (weights_sha256): pass the --weights file or "
             "--random-weights --seed the model was exported with"
@@ -53,7 +63,7 @@ def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: l
 
     from whatart.export.encoders import ENCODERS
 
-    spec = ENCODERS[encoder]
+    spec = ENCODERS["resnet50"]
     model = _seed_model(encoder, weights, random_seed, served_sha256)
     preprocess = transforms.Compose([
         transforms.Resize((spec.input_size, spec.input_size)),
@@ -73,4 +83,4 @@ def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: l
             _, found = index.search(features, SEED_K)
             latencies.append((time.perf_counter() - begun) * 1e3)
             top_ids[str(path)] = gallery_ids[int(found[0, 0])]
-    return Answers(len(paths), time.perf_counter() - started, latencies, top_ids)
+    return Answers(len(paths), time.perf_counter() - started, latencies, top_ids, same_weights=encoder == "resnet50")

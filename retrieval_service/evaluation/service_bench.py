@@ -50,6 +50,8 @@ class Answers:
     latencies_ms: list[float]
     top_ids: dict[str, str | None]
     """file -> top match id (None: refused or no match)"""
+    same_weights: bool = True
+    """False for the seed loop running random weights beside a served model it cannot run"""
 
 
 def free_port() -> int:

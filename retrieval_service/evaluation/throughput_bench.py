@@ -3,8 +3,9 @@
 Everything is measured one stage after another in the same process and on the same images,
 so the ratios compare like with like on whatever else the machine was doing:
 1. the seed-style loop (seed_loop.py): sequential decode -> eager torch at batch 1 -> FAISS;
-2. the encoder alone: in-process onnxruntime FP32, then the model Triton serves under
-   concurrent requests; and this CPU's FP32 limit for the model (encoder_bench.py);
+2. the encoder alone: in-process onnxruntime (FP32, or a packaged graph as shipped), then
+   the model Triton serves under concurrent requests; and this CPU's FP32 limit for the
+   model (encoder_bench.py);
 3. the service (service_bench.py): batch identification through `whatart identify --batch`
    (gRPC IdentifyStream), the same images over REST with many requests in flight, and
    single-image REST latency on an otherwise idle service.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from whatart.export.packaged import PACKAGED_ENCODERS
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation import encoder_bench, service_bench
 from whatart.retrieval_service.evaluation.harness import sample
@@ -93,6 +95,19 @@ def _check_enough(in_index: int, sampled: int, request: ThroughputRequest) -> No
         raise BenchInputError(f"--n {request.n} is below the {needed} images the encoder part batches: pass --n {needed} or more")
 
 
+def _in_process_graph(request: ThroughputRequest, encoder: str, model: str) -> tuple[Path, str]:
+    """The graph in-process onnxruntime is timed on, and its precision: --fp32-model; a packaged
+    encoder's installed file (as shipped); else the repository's FP32 sibling of the model."""
+    if request.fp32_onnx is not None:
+        return request.fp32_onnx, "fp32"
+    if encoder in PACKAGED_ENCODERS:
+        return PACKAGED_ENCODERS[encoder].installed_file(), "as packaged"
+    fp32_onnx = request.model_repository / model.removesuffix("-int8") / "1" / "model.onnx"
+    if not fp32_onnx.is_file():
+        raise BenchInputError(f"no FP32 ONNX model at {fp32_onnx}: export one (`whatart export` without --int8) or pass --fp32-model")
+    return fp32_onnx, "fp32"
+
+
 def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     gallery = Gallery.load(request.index_dir)
     identity = gallery.manifest.model
@@ -100,9 +115,7 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     sharp = real_embeddings(gallery)
     gallery.close()
     model = request.model or identity.name
-    fp32_onnx = request.fp32_onnx or request.model_repository / model.removesuffix("-int8") / "1" / "model.onnx"
-    if not fp32_onnx.is_file():
-        raise BenchInputError(f"no FP32 ONNX model at {fp32_onnx}: export one (`whatart export` without --int8) or pass --fp32-model")
+    graph, precision = _in_process_graph(request, identity.name, model)
     known = set(gallery_ids)
     artworks = [a for a in open_source(request.images_csv).artworks if a.id in known]
     queries = sample(artworks, request.n, SAMPLE_SEED)
@@ -119,28 +132,31 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     loop = run_seed_loop(head_paths, sharp, gallery_ids, identity.name.removesuffix("-int8"), request.weights,
                          request.random_seed, identity.weights_sha256)
     figures["seed_loop"] = {
-        "what": "sequential: PIL decode -> torchvision transforms -> eager torch batch 1 -> FAISS IndexFlatIP k=5 "
+        "what": "sequential: PIL decode -> torchvision transforms -> eager torch ResNet50 batch 1 -> FAISS IndexFlatIP k=5 "
                 f"over {len(gallery_ids)} x {identity.dim}",
         **_answers_figures(loop, {str(p): expected[str(p)] for p in head_paths}),
     }
+    if not loop.same_weights:
+        figures["seed_loop"].update(top1=None, weights=f"random (ResNet50 at 224 px: speed only; the served {identity.name} "
+                                    "cannot run in torchvision, so the loop's answers are not comparable)")
 
     log.info("2/3 encoder alone")
     size = asyncio.run(encoder_bench.served_input_size(request.triton_url, model))
     pixels = np.stack([to_model_input(decode_image(p.read_bytes(), MAX_PIXELS), size) for p in paths[:ENCODER_PIXEL_IMAGES]])
-    onnxruntime = [encoder_bench.onnxruntime_rate(fp32_onnx, pixels, batch, request.encoder_seconds)
+    onnxruntime = [encoder_bench.onnxruntime_rate(graph, pixels, batch, request.encoder_seconds)
                    for batch in ONNXRUNTIME_BATCHES]
     triton = [asyncio.run(encoder_bench.triton_rate(request.triton_url, model, pixels, batch, in_flight,
                                                     request.encoder_seconds)) for batch, in_flight in TRITON_LOADS]
-    limit = encoder_bench.fp32_limit(fp32_onnx)
+    limit = encoder_bench.fp32_limit(graph, size)
     best_triton = max(rate.images_per_s for rate in triton)
-    best_fp32 = max(rate.images_per_s for rate in onnxruntime)
+    best_in_process = max(rate.images_per_s for rate in onnxruntime)
     figures["encoder"] = {
-        "onnxruntime_fp32": [asdict(rate) for rate in onnxruntime],
+        "onnxruntime": {"graph": str(graph), "precision": precision, "rates": [asdict(rate) for rate in onnxruntime]},
         "triton": {"model": model, "loads": [asdict(rate) for rate in triton]},
-        "triton_vs_onnxruntime_fp32": round(best_triton / best_fp32, 2),
+        "triton_vs_onnxruntime": round(best_triton / best_in_process, 2),
         "fp32_limit": limit.to_dict(),
         "triton_fraction_of_fp32_limit": round(best_triton / limit.images_per_s, 2),
-        "onnxruntime_fp32_fraction_of_fp32_limit": round(best_fp32 / limit.images_per_s, 2),
+        "onnxruntime_fraction_of_fp32_limit": round(best_in_process / limit.images_per_s, 2),
     }
 
     log.info("3/3 the service (global mode): batch over gRPC, REST in flight, REST one at a time")
