@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, WeightsUnavailable, file_sha256
+from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, WeightsUnavailable
+from whatart.retrieval_service.gallery import file_sha256
 from whatart.export.repository import DEFAULT_SERVING, Flavour, Graph, ServingConfig, render_encoder_config, write_model
 from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.settings import SettingsError

@@ -10,7 +10,6 @@ takes uint8 NHWC pixels of any size and returns L2-normalised embeddings.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +74,6 @@ def installed_file(source: str, what: str = "this model") -> Path:
     if not path.is_file():
         raise PackageMissing(f"{module_name}.{attribute} names {path}, which does not exist: reinstall with `{INSTALL_COMMAND}`")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 PACKAGED_ENCODERS: dict[str, PackagedEncoder] = {

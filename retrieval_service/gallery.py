@@ -101,7 +101,8 @@ class Manifest:
         return cls(**{**data, "model": ModelIdentity.from_dict(data["model"])})
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Checksum of a file, read in blocks (index files; a packaged encoder's weights)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -160,7 +161,7 @@ def publish(
         source=source,
         index=index_entry,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        files={name: _sha256(staging / name) for name in (*DATA_FILES, VECTORS) if (staging / name).exists()},
+        files={name: file_sha256(staging / name) for name in (*DATA_FILES, VECTORS) if (staging / name).exists()},
     )
     (staging / MANIFEST).write_text(manifest.to_json())
     _fsync_tree(staging)
@@ -340,7 +341,7 @@ class Gallery:
             raise GalleryError(f"the manifest of {directory} is unreadable ({error}); {repair}") from None
         for name, expected in manifest.files.items():
             path = directory / name
-            if not path.exists() or _sha256(path) != expected:
+            if not path.exists() or file_sha256(path) != expected:
                 raise GalleryError(f"{path} is missing or does not match its checksum in the manifest; {repair}")
         metadata = MetadataStore(directory / METADATA)
         views = len(manifest.gallery_blurs)

@@ -128,8 +128,9 @@ class Identifier:
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers)
         self.extractor = FeatureExtractor()
         self.global_only = settings.identify_mode == "global"
-        sharp_only = self.global_only and gallery.build_sharp_index()
-        if self.global_only and not sharp_only:
+        several_views = len(gallery.manifest.gallery_blurs) > 1  # with one, the index is the sharp-view search
+        sharp_only = self.global_only and several_views and gallery.build_sharp_index()
+        if self.global_only and several_views and not sharp_only:
             log.info("global mode searches every gallery view: the index (%s) has no exact sharp-view copy", gallery.vectors.description)
         self.searches = SearchBatcher(gallery, sharp_only=sharp_only)
 

@@ -101,16 +101,20 @@ class Settings:
     # "global" mode has no verification: the top match is "in the gallery" when its cosine
     # similarity reaches this (not calibrated: set it from `whatart evaluate` on your data).
     global_min_similarity: float = 0.9
-    # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs).
-    # Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is indexed under.
-    gallery_blurs: tuple[float, ...] = (0.0, 1.5, 3.0)
+    # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs, README
+    # "Accuracy"). Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is
+    # indexed under: with SSCD, blurred copies found nothing the sharp view did not.
+    gallery_blurs: tuple[float, ...] = (0.0,)
     # Query side: rotations (degrees) and centre crops (linear fraction kept) of the photo.
-    query_rotations: tuple[float, ...] = (0.0, -20.0, 20.0, -40.0, 40.0)
+    # With SSCD, rotations of the whole photo added nothing at 2x the encoder work; the crops
+    # find a painting hung with wall around it.
+    query_rotations: tuple[float, ...] = (0.0,)
     query_crops: tuple[float, ...] = (0.8, 0.6)
     # Local-feature votes (feature_votes.py): this many of the artworks the photo's ORB
-    # descriptors voted for most are verified first; 0 turns voting off. The vote index
-    # probes this many of its inverted lists per descriptor.
-    vote_candidates: int = 10
+    # descriptors voted for most are verified first; 0 (the default: with SSCD's shortlist
+    # they changed no answer and cost 20-40 ms) turns voting off. The vote index probes this
+    # many of its inverted lists per descriptor.
+    vote_candidates: int = 0
     vote_lists_probed: int = 8
     # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence).
@@ -119,12 +123,13 @@ class Settings:
     rerank_extended: int = 200
     # Verified candidates with at least this many inliers go first, most inliers first;
     # separate from the calibrated "in the gallery" threshold, which is set for the open set
-    # and can be higher than what tells the painting apart within a shortlist.
-    rerank_min_inliers: int = 10
+    # and can be higher than what tells the painting apart within a shortlist. With SSCD's
+    # ranking, 10-16 spurious inliers on a dissimilar work outranked the right one: 20 measured best.
+    rerank_min_inliers: int = 20
     # A photo with fewer ORB keypoints than this (a blurred colour field) has nothing to
     # verify with: when nothing verifies, its shortlist is re-ranked by colour (colour.py).
-    # 0 turns this off.
-    colour_rerank_below: int = 50
+    # 0 (the default: SSCD's own ranking of such photos was right more often) turns this off.
+    colour_rerank_below: int = 0
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
     default_min_inliers: int = 20
     # Clients

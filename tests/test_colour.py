@@ -78,7 +78,7 @@ async def _top1(index: Path, triton: TritonEndpoints, settings: Settings) -> lis
 
 def test_blurred_blank_canvases_are_told_apart_by_colour(canvas_index: Path, triton: TritonEndpoints) -> None:
     expected = [f"canvas-{i}" for i in range(len(TINTS))]
-    with_colour = asyncio.run(_top1(canvas_index, triton, Settings()))
-    without = asyncio.run(_top1(canvas_index, triton, Settings(colour_rerank_below=0)))
+    with_colour = asyncio.run(_top1(canvas_index, triton, Settings(colour_rerank_below=50)))  # off by default with SSCD
+    without = asyncio.run(_top1(canvas_index, triton, Settings()))
     assert with_colour == expected
     assert sum(a == b for a, b in zip(without, expected, strict=True)) < len(TINTS), "the embedding alone confuses some tints"

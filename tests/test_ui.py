@@ -55,6 +55,7 @@ def test_uploading_a_photo_shows_the_painting_first(browser, ui_url: str, met_im
     expect(top).to_contain_text("Pieter Bruegel the Elder")
     expect(top).to_contain_text("1565")
     expect(top).not_to_contain_text("Not in the gallery")
+    expect(top).to_contain_text("this server has no style/genre heads"), "the demo serves no heads, and says so"
     expect(page.locator("#top-image img")).to_be_visible()
     expect(page.locator("#other-matches img")).to_have_count(4, timeout=30_000)
     page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)

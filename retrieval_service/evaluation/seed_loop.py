@@ -4,7 +4,8 @@ What the prior art did, one image at a time: PIL decode -> torchvision transform
 torch ResNet50 at batch 1 -> FAISS exact search (k=5) over the gallery's sharp embeddings.
 It runs the same weights as the model Triton serves (checked by fingerprint), so its answers
 are comparable; when the served encoder is not a torchvision ResNet50 (SSCD ships as an
-INT8 ONNX file), it runs seeded random weights and measures speed only. Needs torch and
+INT8 ONNX file), it runs seeded random weights against as many random 2048-d gallery
+vectors as the index holds, and measures speed only. Needs torch and
 torchvision (the `export` extra).
 """
 
@@ -65,6 +66,10 @@ def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: l
 
     spec = ENCODERS["resnet50"]
     model = _seed_model(encoder, weights, random_seed, served_sha256)
+    same_weights = encoder == "resnet50"
+    if not same_weights:  # as many gallery vectors as the index holds, in ResNet50's 2048 dimensions
+        gallery_vectors = np.random.default_rng(SPEED_ONLY_SEED).standard_normal((len(gallery_vectors), 2048), dtype=np.float32)
+        gallery_vectors /= np.linalg.norm(gallery_vectors, axis=1, keepdims=True)
     preprocess = transforms.Compose([
         transforms.Resize((spec.input_size, spec.input_size)),
         transforms.ToTensor(),
@@ -83,4 +88,4 @@ def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: l
             _, found = index.search(features, SEED_K)
             latencies.append((time.perf_counter() - begun) * 1e3)
             top_ids[str(path)] = gallery_ids[int(found[0, 0])]
-    return Answers(len(paths), time.perf_counter() - started, latencies, top_ids, same_weights=encoder == "resnet50")
+    return Answers(len(paths), time.perf_counter() - started, latencies, top_ids, same_weights=same_weights)

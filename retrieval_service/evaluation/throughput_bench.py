@@ -137,8 +137,9 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
         **_answers_figures(loop, {str(p): expected[str(p)] for p in head_paths}),
     }
     if not loop.same_weights:
-        figures["seed_loop"].update(top1=None, weights=f"random (ResNet50 at 224 px: speed only; the served {identity.name} "
-                                    "cannot run in torchvision, so the loop's answers are not comparable)")
+        figures["seed_loop"].update(
+            top1=None, weights=f"random, against {len(gallery_ids)} random 2048-d gallery vectors: speed only (the served "
+                               f"{identity.name} cannot run in torchvision, so the loop's answers are not comparable)")
 
     log.info("2/3 encoder alone")
     size = asyncio.run(encoder_bench.served_input_size(request.triton_url, model))
