@@ -1,7 +1,8 @@
 """`whatart train-head`: style and genre classifiers trained on a gallery's embeddings.
 
-`whatart export --head FILE` bakes them into the encoder's ONNX graph, so one Triton call
-returns the embedding and the probabilities. A head learns from the index's vectors, so
+`whatart export --head FILE` serves them as a Triton model of their own, composed with the
+encoder by an ensemble (heads_export.py), so one Triton call returns the embedding and the
+probabilities. A head learns from the index's vectors, so
 it is tied to the encoder that made them: the head file stores that model identity and
 export refuses it for any other encoder.
 
