@@ -40,7 +40,7 @@ def export_torch_encoder(
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch) / "model.onnx"
         export_onnx(model, spec.input_size, onnx_path)
-        parity = check_parity(model, onnx_path, spec.input_size)
+        max_abs_diff = check_parity(model, onnx_path, spec.input_size)
         agreement = None
         if int8 is not None:
             int8_path = Path(scratch) / "model-int8.onnx"
@@ -48,4 +48,4 @@ def export_torch_encoder(
             onnx_path, identity = int8_path, replace(identity, name=f"{identity.name}-int8")
         config = render_encoder_config(identity, spec.input_size, flavour, serving)
         model_dir = write_model(repository, identity.name, config, flavour, Graph(onnx_path))
-    return identity, model_dir, parity.max_abs_diff, agreement
+    return identity, model_dir, max_abs_diff, agreement
