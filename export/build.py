@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, WeightsUnavailable
 from whatart.retrieval_service.gallery import file_sha256
 from whatart.export.repository import DEFAULT_SERVING, Flavour, Graph, ServingConfig, render_encoder_config, write_model
-from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.model_contract import ModelIdentity, ensemble_name
 from whatart.retrieval_service.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -46,10 +46,13 @@ class ExportResult:
     """torch-built encoders: ONNX against torch; None for a packaged graph (used as shipped)"""
     heads: dict[str, int] | None = None
     """with --head: task -> number of labels of each head in the ensemble"""
-    served_as: str = ""
-    """the Triton model the service calls: the ensemble with heads, else the encoder"""
     int8: Int8Agreement | None = None
     """With --int8: how close the quantised embeddings stay to FP32 on the calibration images."""
+
+    @property
+    def served_as(self) -> str:
+        """The Triton model the service calls: the ensemble with heads, else the encoder."""
+        return ensemble_name(self.identity.name) if self.heads else self.identity.name
 
 
 def _export_packaged(spec: PackagedEncoder, repository: Path, flavour: Flavour, serving: ServingConfig) -> tuple[ModelIdentity, Path]:
@@ -104,17 +107,17 @@ def export_encoder(
 
         identity, model_dir, parity, agreement = export_torch_encoder(encoder, repository, flavour, weights, random_seed, serving, int8)
         input_size = ENCODERS[encoder].input_size
-    served_as, heads = identity.name, None
+    heads = None
     if head_set is not None:
         from whatart.export.heads_export import export_heads
 
         head_set.check_matches(identity, head_file)
-        served_as = export_heads(head_set, identity, input_size, repository, flavour, serving).name
+        export_heads(head_set, identity, input_size, repository, flavour, serving)
         heads = {task: len(head.labels) for task, head in head_set.heads.items()}
     seconds = time.perf_counter() - started
-    log.info("exported %s (%s flavour) to %s in %.1f s%s", identity.name, flavour, model_dir, seconds,
-             f"; served as {served_as}" if served_as != identity.name else "")
-    return ExportResult(identity, model_dir, input_size, seconds, parity, heads, served_as, agreement)
+    result = ExportResult(identity, model_dir, input_size, seconds, parity, heads, agreement)
+    log.info("exported %s (%s flavour) to %s in %.1f s; served as %s", identity.name, flavour, model_dir, seconds, result.served_as)
+    return result
 
 
 def export_preferred_encoder(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,9 @@ def export_heads(head_set: HeadSet, identity: ModelIdentity, input_size: int, re
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch) / "heads.onnx"
         _export_heads_onnx(graph, identity.dim, onnx_path, outputs)
-        config = render_config(heads_name, flavour, serving, [TensorSpec(OUTPUT_NAME, "TYPE_FP32", (identity.dim,))],
-                               head_outputs(labels), {}, tensorrt=False)
+        # a small MLP: TensorRT engine builds would cost more than they save
+        config = render_config(heads_name, flavour, replace(serving, tensorrt_fp16=False),
+                               [TensorSpec(OUTPUT_NAME, "TYPE_FP32", (identity.dim,))], head_outputs(labels), {})
         write_model(repository, heads_name, config, flavour, Graph(onnx_path))
     ensemble = ensemble_name(identity.name)
     config = render_ensemble_config(ensemble, identity, input_size, serving, identity.name, heads_name, labels)

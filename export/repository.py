@@ -127,13 +127,13 @@ def head_label_parameters(heads: HeadLabels) -> dict[str, str]:
 
 def render_config(
     name: str, flavour: Flavour, serving: ServingConfig, inputs: list[TensorSpec], outputs: list[TensorSpec],
-    parameters: Mapping[str, str], tensorrt: bool = True,
+    parameters: Mapping[str, str],
 ) -> str:
     """config.pbtxt of one ONNX model with dynamic batching: the onnxruntime backend on GPU
-    (TensorRT FP16 when `serving` and `tensorrt` ask for it), the python backend on CPU."""
+    (TensorRT FP16 when `serving` asks for it), the python backend on CPU."""
     if flavour == "gpu":
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
-        if serving.tensorrt_fp16 and tensorrt:
+        if serving.tensorrt_fp16:
             backend += TENSORRT_FP16
         kind = "KIND_GPU"
     else:

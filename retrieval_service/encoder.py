@@ -229,9 +229,10 @@ class TritonEncoder:
 
 
 async def model_states(url: str) -> dict[str, str]:
-    """Each model of the repository Triton at `url` serves from, and its state (READY,
-    LOADING, UNAVAILABLE; "" for one never loaded)."""
-    client = grpcclient.InferenceServerClient(url)
+    """Each model of the repository Triton serves from, and its state (READY, LOADING,
+    UNAVAILABLE; "" for one never loaded). `url`: a triton_url setting; its first replica
+    answers (replicas serve one export, which the service checks)."""
+    client = grpcclient.InferenceServerClient(replica_urls(url)[0])
     try:
         index = await client.get_model_repository_index(as_json=True)
     except InferenceServerException as error:

@@ -12,7 +12,7 @@ from whatart.retrieval_service.api import create_app
 from whatart.retrieval_service.encoder import EncoderUnavailable, ServedModel, TritonEncoder, served_as
 from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import check_compatible
-from whatart.retrieval_service.settings import Settings, replica_urls
+from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def wait_for_model(settings: Settings, encoder_name: str) -> ServedModel:
         await _wait_until_ready(probe, deadline, settings)
     finally:
         await probe.close()
-    model_name = await served_as(replica_urls(settings.triton_url)[0], encoder_name)
+    model_name = await served_as(settings.triton_url, encoder_name)
     encoder = TritonEncoder(settings.triton_url, model_name, settings.triton_timeout_s)
     try:
         await _wait_until_ready(encoder, deadline, settings)

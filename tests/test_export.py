@@ -139,3 +139,10 @@ def test_int8_export_is_a_model_of_its_own_close_to_fp32(tmp_path: Path) -> None
     refused = run_cli("export", "--encoder", "efficientnet-lite0", "--int8", "--calibration-images", "0",
                       "--model-repository", str(tmp_path / "other"))
     assert refused.returncode == 2 and "--calibration-images must be positive" in refused.stderr
+
+
+def test_the_torch_free_list_of_torch_encoders_matches_the_encoders() -> None:
+    """build.py names the torch-built encoders without importing torch; the two lists must agree."""
+    from whatart.export.build import TORCH_ENCODERS
+
+    assert TORCH_ENCODERS == tuple(ENCODERS)

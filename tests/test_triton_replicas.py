@@ -103,3 +103,12 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
     with own_triton(repository, tmp_path / "triton-c") as (_, other), \
             pytest.raises(EncoderUnavailable, match="Triton replicas disagree about model 'sscd'.*preprocessing.*0123abcd"):
         asyncio.run(describe(other))
+
+
+def test_the_one_encoder_is_found_through_a_list_of_replicas(triton: TritonEndpoints) -> None:
+    """`--model` left out with WHATART_TRITON_URL naming several replicas: the first answers."""
+    from whatart.retrieval_service.encoder import resolve_model, served_as
+
+    listed = f"{triton.grpc_url},127.0.0.1:1"
+    assert asyncio.run(resolve_model(listed, None)) == MODEL
+    assert asyncio.run(served_as(listed, MODEL)) == MODEL, "the session's Triton serves no heads"

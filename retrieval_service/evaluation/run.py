@@ -15,7 +15,7 @@ from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.identifier import Identifier
 from whatart.retrieval_service.ingest import current_gallery, ingest
 from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.settings import Settings, replica_urls
+from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.sources import GallerySource, open_source
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
     source = open_source(source_spec)
     model = await resolve_model(settings.triton_url, model)
     encoder = TritonEncoder.from_settings(settings, model)  # embeddings for the galleries
-    identifying = TritonEncoder.from_settings(settings, await served_as(replica_urls(settings.triton_url)[0], model))
-    served = await identifying.served_model()
+    identifying = TritonEncoder.from_settings(settings, await served_as(settings.triton_url, model))  # + heads, if served
     measured: dict[str, dict] = {}
     results: dict[str, object] = {
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,
@@ -82,6 +81,7 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
         "protocols": measured,
     }
     try:
+        served = await identifying.served_model()
         retrieval = [p for p in protocols if p != "open-set"]
         if retrieval:
             gallery = await _ensure_gallery(index_dir, source, encoder, settings)
