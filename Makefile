@@ -46,9 +46,9 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-## proto: regenerate the gRPC stubs from retrieval_service/grpc_api/whatart.proto
+## proto: regenerate the gRPC stubs from retrieval_service/serving/grpc_api/whatart.proto
 proto: install
-	$(BIN)/python -m whatart.retrieval_service.grpc_api.generate
+	$(BIN)/python -m whatart.retrieval_service.serving.grpc_api.generate
 
 clean:
 	rm -rf .whatart model_repository/*/

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import grpc
 from tqdm import tqdm
-
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.metadata import MetadataFilter
+from whatart.retrieval_service.index.metadata import MetadataFilter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 

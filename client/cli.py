@@ -17,10 +17,10 @@ from whatart.export.build import ENCODER_NAMES
 from whatart.export.repository import DEFAULT_SERVING
 from whatart.retrieval_service import log_format
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.log_format import FORMATS
-from whatart.retrieval_service.metadata import FILTER_FIELDS, MetadataFilter
-from whatart.retrieval_service.vector_store import BACKENDS
 from whatart.retrieval_service.evaluation.holdout import DEFAULT_FRACTION, DEFAULT_SEED
+from whatart.retrieval_service.index.metadata import FILTER_FIELDS, MetadataFilter
+from whatart.retrieval_service.index.vector_store import BACKENDS
+from whatart.retrieval_service.log_format import FORMATS
 from whatart.retrieval_service.settings import IDENTIFY_MODES, Settings, SettingsError
 
 log = logging.getLogger("whatart")
@@ -48,7 +48,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     int8 = None
     if args.int8:
         from whatart.export.quantize import Int8Calibration
-        from whatart.retrieval_service.sources import open_source
+        from whatart.retrieval_service.ingest.sources import open_source
 
         if args.calibration_images <= 0:
             raise SettingsError(f"--calibration-images must be positive, got {args.calibration_images}")
@@ -88,7 +88,7 @@ def _train_head(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _triton(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+    from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
     config = TritonConfig(
         model_repository=settings.model_repository,
@@ -115,9 +115,9 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
-    from whatart.retrieval_service.ingest import ingest
-    from whatart.retrieval_service.sources import RemoteOptions, open_source, parse_columns
+    from whatart.retrieval_service.ingest.pipeline import ingest
+    from whatart.retrieval_service.ingest.sources import RemoteOptions, open_source, parse_columns
+    from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
 
     if args.limit is not None and args.limit <= 0:
         raise SettingsError(f"--limit must be positive, got {args.limit}")
@@ -147,8 +147,8 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
     from whatart.retrieval_service.evaluation.index_bench import BenchRequest, load_inputs, run_bench
+    from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
 
     request = BenchRequest(args.n, args.dim, args.queries, settings.index_kind, settings.index_memory_mb,
                            settings.index_exact_max_vectors, args.seed)
@@ -182,7 +182,7 @@ def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.load_bench import run_load
-    from whatart.retrieval_service.sources import open_source
+    from whatart.retrieval_service.ingest.sources import open_source
 
     if args.clients <= 0 or args.seconds <= 0 or args.images <= 0:
         raise SettingsError(f"--clients, --seconds and --images must be positive, got {args.clients}, {args.seconds}, {args.images}")
@@ -193,7 +193,7 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.reliability_bench import SOURCE_WORKS, run_reliability
-    from whatart.retrieval_service.sources import open_source
+    from whatart.retrieval_service.ingest.sources import open_source
 
     if args.clients <= 0 or args.seconds <= 0:
         raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
@@ -204,7 +204,7 @@ def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.removal import remove_artworks
+    from whatart.retrieval_service.ingest.removal import remove_artworks
 
     report = remove_artworks(settings.index_dir, args.ids, settings.milvus_connection())
     print(json.dumps({"removed": report.removed, "artworks": report.artworks, "seconds": round(report.seconds, 2),
@@ -213,7 +213,7 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.retrieval_service.server import serve
+    from whatart.retrieval_service.serving.server import serve
 
     serve(settings)
     return 0

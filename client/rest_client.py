@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-
-from whatart.retrieval_service.access import bearer
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.metadata import MetadataFilter
+from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.serving.access import bearer
 
 
 class ServiceError(WhatartError):

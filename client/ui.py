@@ -15,7 +15,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
-
 from whatart.client.rest_client import ServiceError, WhatartClient  # noqa: E402
 from whatart.retrieval_service.settings import Settings  # noqa: E402
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, WeightsUnavailable
-from whatart.retrieval_service.gallery import file_sha256
 from whatart.export.repository import DEFAULT_SERVING, Flavour, Graph, ServingConfig, render_encoder_config, write_model
-from whatart.retrieval_service.model_contract import ModelIdentity, ensemble_name
+from whatart.retrieval_service.index.layout import file_sha256
 from whatart.retrieval_service.settings import SettingsError
+from whatart.retrieval_service.triton.model_contract import ModelIdentity, ensemble_name
 
 if TYPE_CHECKING:
     from whatart.export.quantize import Int8Agreement, Int8Calibration

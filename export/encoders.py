@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
 from torch import nn
-
 from whatart.export.packaged import WeightsUnavailable
 
 log = logging.getLogger(__name__)

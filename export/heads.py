@@ -25,12 +25,11 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import Gallery
-from whatart.retrieval_service.metadata import Artwork, MetadataStore
-from whatart.retrieval_service.model_contract import HEAD_TASKS, ModelIdentity
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.metadata import Artwork, MetadataStore
+from whatart.retrieval_service.triton.model_contract import HEAD_TASKS, ModelIdentity
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
-
 from whatart.export.heads import HeadSet
 from whatart.export.onnx_export import PARITY_TOLERANCE, ParityError
 from whatart.export.repository import (
@@ -30,7 +29,7 @@ from whatart.export.repository import (
     render_ensemble_config,
     write_model,
 )
-from whatart.retrieval_service.model_contract import OUTPUT_NAME, ModelIdentity, ensemble_name, head_output_name, heads_model_name
+from whatart.retrieval_service.triton.model_contract import OUTPUT_NAME, ModelIdentity, ensemble_name, head_output_name, heads_model_name
 
 
 class HeadsGraph(nn.Module):

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME
+from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
-
 from whatart.export.heads import ExtraVectors
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.encoder import TritonEncoder, resolve_model
 from whatart.retrieval_service.evaluation.protocols import make_query
-from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.features.views import query_views
+from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.views import query_views
+from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
 COPY_SEED = 7919
 """Distinct from the evaluation's query seeds, so no training copy equals a test query."""

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.images import ImageError, decode_image, to_model_input
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME
-from whatart.retrieval_service.sources import GallerySource
+from whatart.retrieval_service.ingest.sources import GallerySource
+from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 

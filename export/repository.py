@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from whatart.retrieval_service.settings import SettingsError
-from whatart.retrieval_service.model_contract import (
+from whatart.retrieval_service.triton.model_contract import (
     INPUT_NAME,
     OUTPUT_NAME,
     ModelIdentity,

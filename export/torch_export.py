@@ -8,12 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
-
 from whatart.export.encoders import ENCODERS, Embedder, EncoderSpec, load_backbone, weights_fingerprint
 from whatart.export.onnx_export import check_parity, export_onnx
 from whatart.export.quantize import Int8Agreement, Int8Calibration, calibration_pixels, quantize_int8
 from whatart.export.repository import Flavour, Graph, ServingConfig, render_encoder_config, write_model
-from whatart.retrieval_service.model_contract import ModelIdentity
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
 
 def encoder_identity(spec: EncoderSpec, trunk: nn.Module) -> ModelIdentity:

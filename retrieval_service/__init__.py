@@ -1,5 +1,3 @@
-"""Runtime side of whatart: Triton client, vector index, metadata store and the HTTP API.
-
-Nothing here imports torch: the runtime only needs numpy, pillow, onnxruntime,
-tritonclient and faiss.
+"""The runtime, one subpackage per stage of the flow: triton/ (the model), features/, index/,
+ingest/, identify/, serving/, and evaluation/ (benches and accuracy runs). No torch here.
 """

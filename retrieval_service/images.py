@@ -12,7 +12,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
-
 from whatart.retrieval_service.errors import WhatartError
 
 register_heif_opener()  # HEIC/HEIF: what phones take photos in

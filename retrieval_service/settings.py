@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusTarget
+from whatart.retrieval_service.index.vector_index import IndexPlan, plan_index
+from whatart.retrieval_service.index.vector_store import BACKENDS, MILVUS
 from whatart.retrieval_service.log_format import FORMATS
-from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusTarget
-from whatart.retrieval_service.vector_index import IndexPlan, plan_index
-from whatart.retrieval_service.vector_store import BACKENDS, MILVUS
 
 ENV_PREFIX = "WHATART_"
 INDEX_KINDS = ("auto", "exact", "ivf")

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 from tests.helpers import ServiceEndpoints, free_port, run_cli, served
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 WHATART = str(Path(sys.executable).with_name("whatart"))
 """The installed console script, so tests exercise the real entry point."""

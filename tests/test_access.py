@@ -11,10 +11,10 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from whatart.client.grpc_client import WhatartGrpcClient
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import ServiceEndpoints, run_cli, served
-from whatart.client.grpc_client import WhatartGrpcClient
 
 TOKEN = "s3cret-token-for-tests"
 

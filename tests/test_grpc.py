@@ -11,11 +11,11 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from whatart.client.grpc_client import WhatartGrpcClient
+from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.serving.grpc_api import generate
 
 from tests.helpers import ServiceEndpoints
-from whatart.client.grpc_client import WhatartGrpcClient
-from whatart.retrieval_service.grpc_api import generate
-from whatart.retrieval_service.metadata import MetadataFilter
 
 MET_ID = "met-{}"
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-
-from whatart.retrieval_service.admission import Admission
-from whatart.retrieval_service.grpc_api import IdentifierService, whatart_pb2
-from whatart.retrieval_service.identifier import Identification
-from whatart.retrieval_service.metadata import MetadataFilter
+from whatart.retrieval_service.identify.identifier import Identification
+from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.serving.admission import Admission
+from whatart.retrieval_service.serving.grpc_api import IdentifierService, whatart_pb2
 from whatart.retrieval_service.settings import Settings
 
 BROKEN = b"this image breaks the identifier"

@@ -16,21 +16,21 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
-
-from tests.helpers import json_lines, own_triton, run_cli
 from whatart.export.build import ExportResult, export_encoder
 from whatart.export.heads import HeadFileError, HeadSet, train_heads, validation_mask
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import publish
-from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.model_contract import (
+from whatart.retrieval_service.features.local_features import LocalFeatures
+from whatart.retrieval_service.index.metadata import Artwork
+from whatart.retrieval_service.index.publish import publish
+from whatart.retrieval_service.triton.model_contract import (
     INPUT_NAME,
     OUTPUT_NAME,
     ModelIdentity,
     head_labels_parameter,
     head_output_name,
 )
-from whatart.retrieval_service.verification import LocalFeatures
+
+from tests.helpers import json_lines, own_triton, run_cli
 
 STYLES = ("Naïve Art (Primitivism)", 'The "Quoted" School', "Back\\slash Realism")
 GENRES = ("portrait", "landscape")

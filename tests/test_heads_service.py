@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import httpx
+from whatart.retrieval_service.settings import Settings
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import abstract_painting, run_cli, triton_and_service
-from whatart.retrieval_service.settings import Settings
 
 
 def test_identify_returns_style_and_genre_predictions(demo_index: Path, tmp_path: Path, met_images: list[Path]) -> None:

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from whatart.retrieval_service.images import ImageError, decode_image, to_model_input
 
 LIMIT = 50_000_000

@@ -10,9 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from whatart.retrieval_service.index.gallery import Gallery
+
 from tests.conftest import TritonEndpoints
 from tests.helpers import WHATART, abstract_painting, run_cli
-from whatart.retrieval_service.gallery import Gallery
 
 
 def test_demo_gallery_is_complete_and_built_with_the_served_model(demo_index: Path) -> None:

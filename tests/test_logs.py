@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import httpx
+from whatart.client.grpc_client import WhatartGrpcClient
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import served
-from whatart.client.grpc_client import WhatartGrpcClient
 
 
 def test_json_logs_carry_request_ids_and_timings(demo_index: Path, triton: TritonEndpoints, met_images: list[Path],

@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from whatart.retrieval_service.metadata import Artwork, ArtworkQuery, FilterError, MetadataFilter, MetadataStore, write_metadata, year_of
+from whatart.retrieval_service.index.metadata import (
+    Artwork,
+    ArtworkQuery,
+    FilterError,
+    MetadataFilter,
+    MetadataStore,
+    write_metadata,
+    year_of,
+)
 
 ARTWORKS = [
     Artwork("a1", "Claude Monet", "Impression, soleil levant", "landscape", "Impressionism", "1872"),

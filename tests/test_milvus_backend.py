@@ -14,13 +14,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from whatart.retrieval_service.features.local_features import LocalFeatures
+from whatart.retrieval_service.index import layout
+from whatart.retrieval_service.index import publish as publishing
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.layout import METADATA, VECTORS, Manifest
+from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter, MetadataStore
+from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusError, MilvusStore, MilvusTarget, MilvusUnavailable
+from whatart.retrieval_service.index.publish import publish, republish
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
-from whatart.retrieval_service import gallery as gallery_module
-from whatart.retrieval_service.gallery import METADATA, VECTORS, Gallery, Manifest, publish, republish
-from whatart.retrieval_service.metadata import Artwork, MetadataFilter, MetadataStore
-from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusError, MilvusStore, MilvusTarget, MilvusUnavailable
-from whatart.retrieval_service.model_contract import ModelIdentity
-from whatart.retrieval_service.verification import LocalFeatures
 from tests.helpers import run_cli, served
 
 IDENTITY = ModelIdentity(name="m", weights_sha256="abc", preprocessing="p", dim=16, pooling="avg")
@@ -59,7 +62,7 @@ def test_a_milvus_gallery_answers_like_a_faiss_one_and_prunes_its_old_collection
     in_faiss.close()
 
     current = in_milvus
-    for removed in range(1, gallery_module.VERSIONS_KEPT + 1):  # each change publishes a new collection
+    for removed in range(1, layout.VERSIONS_KEPT + 1):  # each change publishes a new collection
         republish(current, artworks[removed:], vectors[removed:], features[removed:])
         current.close()
         current = Gallery.load(tmp_path / "milvus")
@@ -68,7 +71,7 @@ def test_a_milvus_gallery_answers_like_a_faiss_one_and_prunes_its_old_collection
     kept = {json.loads((v / "manifest.json").read_text())["index"]["milvus"]["collection"]
             for v in (tmp_path / "milvus" / "versions").iterdir()}
     assert first_collection not in _collections(connection), "the pruned version's collection is dropped"
-    assert kept <= _collections(connection) and len(kept) == gallery_module.VERSIONS_KEPT
+    assert kept <= _collections(connection) and len(kept) == layout.VERSIONS_KEPT
     current.close()
 
 
@@ -86,7 +89,7 @@ def test_a_failed_publish_leaves_no_collection_behind_once_the_next_one_prunes(t
         raise OSError("no space left on device")
 
     with monkeypatch.context() as patched:  # fault injection: the step after the collection is written fails
-        patched.setattr(gallery_module, "write_metadata", disk_full)
+        patched.setattr(publishing, "write_metadata", disk_full)
         with pytest.raises(OSError, match="no space left"):
             publish(tmp_path / "index", IDENTITY, artworks, vectors, features, "none", VIEWS, "test", milvus=target)
     [orphan] = _collections(connection)

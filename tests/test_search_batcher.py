@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-
-from whatart.retrieval_service.gallery import Gallery, GalleryError, publish
-from whatart.retrieval_service.metadata import Artwork, MetadataFilter
-from whatart.retrieval_service.model_contract import ModelIdentity
-from whatart.retrieval_service.search_batcher import SearchBatcher
-from whatart.retrieval_service.verification import LocalFeatures
+from whatart.retrieval_service.features.local_features import LocalFeatures
+from whatart.retrieval_service.identify.search_batcher import SearchBatcher
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.layout import GalleryError
+from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter
+from whatart.retrieval_service.index.publish import publish
+from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
 
 @pytest.fixture()

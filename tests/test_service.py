@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from whatart.retrieval_service.identify.calibration import Calibration
+from whatart.retrieval_service.index.gallery import Gallery
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import free_port, run_cli, served, triton_and_service
-from whatart.retrieval_service.calibration import Calibration
-from whatart.retrieval_service.gallery import Gallery
 
 
 def test_serve_refuses_an_index_built_by_another_model(demo_index: Path, triton: TritonEndpoints, tmp_path: Path) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.ingest.sources import nga
+from whatart.retrieval_service.ingest.sources.base import RemoteOptions, SourceError
+from whatart.retrieval_service.ingest.sources.nga import nga_source
 
-from whatart.retrieval_service.sources import nga
 from tests.conftest import TritonEndpoints
 from tests.helpers import run_cli
-from whatart.retrieval_service.gallery import Gallery
-from whatart.retrieval_service.sources.base import RemoteOptions, SourceError
-from whatart.retrieval_service.sources.nga import nga_source
 
 IMAGE_PATH = re.compile(r"^/iiif/([\w-]+)/full/!(\d+),(\d+)/0/default\.jpg$")
 

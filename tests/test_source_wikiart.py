@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from whatart.retrieval_service.sources import RemoteOptions, SourceError, open_source
-from whatart.retrieval_service.sources.wikiart import cache_folder
+from whatart.retrieval_service.ingest.sources import RemoteOptions, SourceError, open_source
+from whatart.retrieval_service.ingest.sources.wikiart import cache_folder
 
 datasets = pytest.importorskip("datasets")
 pq = pytest.importorskip("pyarrow.parquet")

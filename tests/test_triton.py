@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
+from whatart.retrieval_service.triton.process import TritonConfig, TritonError, TritonProcess
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import WHATART, free_port, stop
-from whatart.retrieval_service.model_contract import INPUT_NAME, OUTPUT_NAME, ModelIdentity
-from whatart.retrieval_service.triton_server import TritonConfig, TritonError, TritonProcess
 
 MODEL = "sscd"
 SIZE = 224

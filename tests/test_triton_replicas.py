@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from whatart.retrieval_service.triton.encoder import EncoderUnavailable, TritonEncoder
+from whatart.retrieval_service.triton.process import TritonProcess
 
 from tests.conftest import TritonEndpoints
 from tests.helpers import own_triton, served
-from whatart.retrieval_service.encoder import EncoderUnavailable, TritonEncoder
-from whatart.retrieval_service.triton_server import TritonProcess
 
 MODEL = "sscd"
 
@@ -107,7 +107,7 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
 
 def test_the_one_encoder_is_found_through_a_list_of_replicas(triton: TritonEndpoints) -> None:
     """`--model` left out with WHATART_TRITON_URL naming several replicas: the first answers."""
-    from whatart.retrieval_service.encoder import resolve_model, served_as
+    from whatart.retrieval_service.triton.encoder import resolve_model, served_as
 
     listed = f"{triton.grpc_url},127.0.0.1:1"
     assert asyncio.run(resolve_model(listed, None)) == MODEL

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from whatart.retrieval_service import vector_index
 from whatart.retrieval_service.evaluation.distractors import EmbeddingModel, fidelity, lift
-from whatart.retrieval_service.metadata import MetadataFilter
-from whatart.retrieval_service.vector_index import EXACT, IVF, IndexPlan, plan_index
-from whatart.retrieval_service.vector_store import FaissStore, best_per_artwork
+from whatart.retrieval_service.index import recall, vector_index
+from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.index.vector_index import EXACT, IVF, IndexPlan, plan_index
+from whatart.retrieval_service.index.vector_store import FaissStore, best_per_artwork
 
 
 def _no_filter(where: MetadataFilter) -> list[int]:
@@ -42,10 +41,10 @@ def test_an_ivf_agrees_with_exact_search_and_refills_without_training() -> None:
     vectors = _clustered(20_000, 256)
     ids = np.arange(len(vectors)) // 2  # two views per artwork
     plan = IndexPlan(IVF, 256, reduced_dim=128, lists=256, probes=32)
-    index, report = vector_index.build_and_measure(vectors, ids, plan)
+    index, report = recall.build_and_measure(vectors, ids, plan)
     assert report.factory == "UPCA128,IVF256,PQ32x4fs,RefineSQ8" and report.vectors == 20_000
     assert report.recall_at_1 >= 0.9 and report.recall_at_5 >= report.recall_at_1
-    refilled, again = vector_index.refill_and_measure(index, vectors[:10_000], ids[:10_000], plan)
+    refilled, again = recall.refill_and_measure(index, vectors[:10_000], ids[:10_000], plan)
     assert refilled.ntotal == 10_000 and index.ntotal == 20_000, "the refill is a copy"
     assert again.recall_at_1 >= 0.9
     [found] = best_per_artwork(FaissStore(refilled, 2, plan.factory, _no_filter), [vectors[:1]], k=3)
@@ -68,10 +67,10 @@ def test_a_filter_searches_only_the_allowed_vectors_of_an_ivf() -> None:
 
 def test_exact_top_ids_match_a_full_sort_across_chunks() -> None:
     vectors = _clustered(3_000, 32, seed=1)
-    queries = vector_index.perturbed_queries(vectors, 20, 0.9)
+    queries = recall.perturbed_queries(vectors, 20, 0.9)
     assert np.allclose((queries * queries).sum(1), 1, atol=1e-5)
     ids = np.arange(3_000)
-    top = vector_index.exact_top_ids(vectors, ids, queries, 5, chunk=700)
+    top = recall.exact_top_ids(vectors, ids, queries, 5, chunk=700)
     expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :5]
     assert (top == expected).all()
 

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-
-from whatart.retrieval_service import milvus_store, vector_index
-from whatart.retrieval_service.metadata import Artwork, MetadataFilter
-from whatart.retrieval_service.milvus_store import MilvusConnection, MilvusStore
-from whatart.retrieval_service.vector_index import EXACT, IVF, IndexPlan
-from whatart.retrieval_service.vector_store import FaissStore, VectorStore, best_per_artwork
+from whatart.retrieval_service.index import milvus_store, vector_index
+from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter
+from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusStore
+from whatart.retrieval_service.index.vector_index import EXACT, IVF, IndexPlan
+from whatart.retrieval_service.index.vector_store import FaissStore, VectorStore, best_per_artwork
 
 ARTWORKS = 600
 VIEWS = 2

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from whatart.retrieval_service.calibration import Calibration
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.protocols import make_query
-from whatart.retrieval_service.identifier import Candidate, Identification, rerank
+from whatart.retrieval_service.features.local_features import FeatureExtractor
+from whatart.retrieval_service.features.views import gallery_views, query_views
+from whatart.retrieval_service.identify.calibration import Calibration
+from whatart.retrieval_service.identify.identifier import Candidate, Identification, rerank
+from whatart.retrieval_service.identify.verification import count_inliers
 from whatart.retrieval_service.images import decode_image
-from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.verification import FeatureExtractor, count_inliers
-from whatart.retrieval_service.views import gallery_views, query_views
+from whatart.retrieval_service.index.metadata import Artwork
 
 
 def test_views_have_the_model_input_shape(met_images: list[Path]) -> None:

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from whatart.retrieval_service.encoder import TritonEncoder
-from whatart.retrieval_service.model_contract import OUTPUT_NAME
+from whatart.retrieval_service.triton.encoder import TritonEncoder
+from whatart.retrieval_service.triton.model_contract import OUTPUT_NAME
 
 GEMM_SIDE = 2048
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
-
-from whatart.retrieval_service.identifier import Identification, Identifier
-from whatart.retrieval_service.metadata import Artwork
 from whatart.retrieval_service.evaluation.protocols import make_query
+from whatart.retrieval_service.identify.identifier import Identification, Identifier
+from whatart.retrieval_service.index.metadata import Artwork
 
 
 @dataclass(frozen=True)

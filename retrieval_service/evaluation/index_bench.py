@@ -22,14 +22,13 @@ import faiss
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
-
-from whatart.retrieval_service import vector_index
-from whatart.retrieval_service.vector_index import IndexPlanError
-from whatart.retrieval_service.encoder import TritonEncoder
 from whatart.retrieval_service.evaluation.distractors import EmbeddingModel, fidelity, lifting_map
 from whatart.retrieval_service.evaluation.protocols import make_query
-from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.images import decode_image, to_model_input
+from whatart.retrieval_service.index import recall, vector_index
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.vector_index import IndexPlanError
+from whatart.retrieval_service.triton.encoder import TritonEncoder
 
 GENERATION_CHUNK = 50_000
 
@@ -142,7 +141,7 @@ def run_bench(real: np.ndarray, queries: np.ndarray, truth: np.ndarray, request:
         lifted_queries = queries if request.dim == queries.shape[1] else queries @ lifting_map(queries.shape[1], request.dim, request.seed)
         lifted_queries = np.ascontiguousarray(lifted_queries, dtype=np.float32)
         ids = np.arange(request.n, dtype=np.int64)
-        exact_ids = vector_index.exact_top_ids(vectors, ids, lifted_queries, 5)
+        exact_ids = recall.exact_top_ids(vectors, ids, lifted_queries, 5)
         plan = vector_index.plan_index(request.n, request.dim, request.memory_budget_mb, request.exact_max_vectors, request.kind)
         started = time.perf_counter()
         index = vector_index.build_index(vectors, ids, plan, request.seed)

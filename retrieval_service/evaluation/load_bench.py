@@ -17,10 +17,9 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
-
-from whatart.retrieval_service.access import bearer, grpc_metadata
 from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.grpc_api import whatart_pb2, whatart_pb2_grpc
+from whatart.retrieval_service.serving.access import bearer, grpc_metadata
+from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
 
 REFUSED_WAIT_S = 1.0
 """How long a refused client waits when the answer carries no Retry-After."""

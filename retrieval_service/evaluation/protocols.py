@@ -19,7 +19,6 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-
 WALL_COLOURS = ((236, 232, 222), (214, 205, 190), (190, 196, 200), (120, 130, 128), (238, 238, 238), (150, 40, 45))
 FRAME_COLOURS = ((176, 141, 87), (95, 62, 36), (30, 30, 30), (212, 175, 55), (230, 230, 225))
 

@@ -27,17 +27,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-
 from whatart.client.batch import run_batch
 from whatart.client.demo import whatart_command
 from whatart.client.grpc_client import WhatartGrpcClient
+from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.load_bench import run_load
 from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, free_port
-from whatart.retrieval_service.errors import WhatartError
-from whatart.retrieval_service.gallery import Gallery
-from whatart.retrieval_service.ingest import WORK_FOLDER
-from whatart.retrieval_service.metadata import Artwork
-from whatart.retrieval_service.triton_server import TritonConfig, TritonProcess
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.metadata import Artwork
+from whatart.retrieval_service.ingest.checkpoints import WORK_FOLDER
+from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 log = logging.getLogger(__name__)
 

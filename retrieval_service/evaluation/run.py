@@ -7,16 +7,16 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from whatart.retrieval_service.calibration import Calibration
-from whatart.retrieval_service.encoder import TritonEncoder, resolve_model, served_as
 from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.holdout import is_held_out
-from whatart.retrieval_service.gallery import Gallery
-from whatart.retrieval_service.identifier import Identifier
-from whatart.retrieval_service.ingest import current_gallery, ingest
-from whatart.retrieval_service.metadata import Artwork
+from whatart.retrieval_service.identify.calibration import Calibration
+from whatart.retrieval_service.identify.identifier import Identifier
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.index.metadata import Artwork
+from whatart.retrieval_service.ingest.pipeline import current_gallery, ingest
+from whatart.retrieval_service.ingest.sources import GallerySource, open_source
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.sources import GallerySource, open_source
+from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model, served_as
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
 from whatart.export.packaged import PACKAGED_ENCODERS
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.service_bench import Answers
@@ -36,7 +35,6 @@ def _seed_model(encoder: str, weights: Path | None, random_seed: int | None, ser
     """torchvision ResNet50 with its classifier removed (pooled 2048-d features), loaded with
     the served model's weights (random ones when those are not torchvision's)."""
     from torch import nn
-
     from whatart.export.encoders import ENCODERS, load_backbone, weights_fingerprint
 
     if encoder in PACKAGED_ENCODERS:
@@ -61,7 +59,6 @@ def run_seed_loop(paths: list[Path], gallery_vectors: np.ndarray, gallery_ids: l
     import torch
     from PIL import Image
     from torchvision import transforms
-
     from whatart.export.encoders import ENCODERS
 
     spec = ENCODERS["resnet50"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 from whatart.client.batch import run_batch
 from whatart.client.demo import whatart_command
 from whatart.client.grpc_client import WhatartGrpcClient

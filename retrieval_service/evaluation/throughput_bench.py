@@ -23,16 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from whatart.export.packaged import PACKAGED_ENCODERS
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation import encoder_bench, service_bench
 from whatart.retrieval_service.evaluation.harness import sample
 from whatart.retrieval_service.evaluation.index_bench import real_embeddings
 from whatart.retrieval_service.evaluation.seed_loop import run_seed_loop
-from whatart.retrieval_service.gallery import Gallery
 from whatart.retrieval_service.images import decode_image, to_model_input
-from whatart.retrieval_service.sources import open_source
+from whatart.retrieval_service.index.gallery import Gallery
+from whatart.retrieval_service.ingest.sources import open_source
 
 log = logging.getLogger(__name__)
 
