@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
-from whatart.export.heads import ExtraVectors
+from whatart.export.head_training import ExtraVectors
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.protocols import make_query
 from whatart.retrieval_service.features.views import query_views

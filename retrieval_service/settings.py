@@ -57,7 +57,7 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     # Triton: host:port of its gRPC endpoint, or a comma-separated list of replicas, over
-    # which requests are spread (encoder.py; README, "Scaling out").
+    # which requests are spread (triton/encoder.py; README, "Scaling out").
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 30.0
     triton_wait_s: float = 120.0
@@ -127,7 +127,7 @@ class Settings:
     # ranking, 10-16 spurious inliers on a dissimilar work outranked the right one: 20 measured best.
     rerank_min_inliers: int = 20
     # A photo with fewer ORB keypoints than this (a blurred colour field) has nothing to
-    # verify with: when nothing verifies, its shortlist is re-ranked by colour (colour.py).
+    # verify with: when nothing verifies, its shortlist is re-ranked by colour (features/colour.py).
     # 0 (the default: SSCD's own ranking of such photos was right more often) turns this off.
     colour_rerank_below: int = 0
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.

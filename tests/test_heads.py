@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from whatart.export.build import ExportResult, export_encoder
-from whatart.export.heads import HeadFileError, HeadSet, train_heads, validation_mask
+from whatart.export.head_training import train_heads, validation_mask
+from whatart.export.heads import HeadFileError, HeadSet
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.features.local_features import LocalFeatures
 from whatart.retrieval_service.index.metadata import Artwork

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from whatart.client.demo import whatart_command
 from whatart.retrieval_service.settings import IDENTIFY_MODES, Settings, SettingsError
 
 
@@ -48,7 +49,7 @@ def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     request = ThroughputRequest(
         images_csv=args.images, index_dir=settings.index_dir, triton_url=settings.triton_url, model=args.model,
-        model_repository=settings.model_repository, fp32_onnx=args.fp32_model,
+        model_repository=settings.model_repository, fp32_onnx=args.fp32_model, whatart=tuple(whatart_command()),
         n=args.n, baseline_n=args.baseline_n, single_n=args.single_n, rest_in_flight=args.rest_in_flight,
         encoder_seconds=args.encoder_seconds, weights=args.weights, random_seed=args.seed if args.random_weights else None,
     )
@@ -74,8 +75,8 @@ def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
     if args.clients <= 0 or args.seconds <= 0:
         raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
     artworks = list(open_source(args.source).artworks)[:SOURCE_WORKS]
-    print(json.dumps(run_reliability(settings.model_repository, settings.index_dir, artworks, args.clients, args.seconds,
-                                     settings.max_upload_bytes)))
+    print(json.dumps(run_reliability(whatart_command(), settings.model_repository, settings.index_dir, artworks, args.clients,
+                                     args.seconds, settings.max_upload_bytes)))
     return 0
 
 

@@ -65,7 +65,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_head(args: argparse.Namespace, settings: Settings) -> int:
-    from whatart.export.heads import train_heads
+    from whatart.export.head_training import train_heads
     from whatart.export.photo_copies import photo_copy_vectors
 
     extra = photo_copy_vectors(args.photo_copies, settings, args.model) if args.photo_copies else None

@@ -27,12 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from whatart.client.batch import run_batch
-from whatart.client.demo import whatart_command
-from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation.load_bench import run_load
-from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, free_port
+from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, Whatart, batch_command, free_port, run_batch_command
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.ingest.checkpoints import WORK_FOLDER
@@ -102,9 +99,7 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
                  restore: Callable[[], None]) -> dict[str, object]:
     """`identify --batch` with `kill` run once KILL_AFTER_ANSWERS answers are written, then
     `restore` and the same batch again; counts what was lost or answered twice."""
-    listing = out.with_suffix(".files.txt")  # beside the results: the images' folder is never written to
-    listing.write_text("".join(f"{path}\n" for path in files))
-    command = whatart_command("identify", "--batch", str(listing), "--out", str(out), "--grpc", service.address.grpc, "--no-progress")
+    command = batch_command(service.whatart, service.address.grpc, files, out)
     batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not out.exists() or out.read_text().count("\n") < KILL_AFTER_ANSWERS:
@@ -118,11 +113,10 @@ def _batch_fault(service: ServiceProcess, files: list[Path], out: Path, kill: Ca
     batch.communicate(timeout=300)
     written_before = out.read_text().count("\n")
     restore()
-    with WhatartGrpcClient(service.address.grpc) as client:
-        report = run_batch(files, out, client, k=5, show_progress=False)
+    report = run_batch_command(command)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     answered = [line["file"] for line in lines if "matches" in line]
-    return {"images": len(files), "written_before_recovery": written_before, "rerun_answered": report.answered,
+    return {"images": len(files), "written_before_recovery": written_before, "rerun_answered": report["answered"],
             "errors": sum("error" in line for line in lines), "lost": len(set(map(str, files)) - set(answered)),
             "answered_twice": len(answered) - len(set(answered))}
 
@@ -139,11 +133,11 @@ def _checkpoints(index: Path) -> int:
     return len(list((index / WORK_FOLDER).glob("*/chunk-*[0-9].npz")))
 
 
-def ingest_fault(works: list[Artwork], work: Path, triton_url: str, model: str) -> dict[str, object]:
+def ingest_fault(whatart: Whatart, works: list[Artwork], work: Path, triton_url: str, model: str) -> dict[str, object]:
     """`whatart ingest` of `works` killed with SIGKILL after 2 checkpoints, then run again."""
     csv, index, first_log = work / "ingest.csv", work / "kill-index", work / "ingest-killed.log"
     csv.write_text("id,file\n" + "".join(f"{a.id},{a.image_path}\n" for a in works))
-    command = whatart_command("ingest", str(csv), "--index", str(index), "--triton-url", triton_url, "--model", model, "--no-progress")
+    command = [*whatart, "ingest", str(csv), "--index", str(index), "--triton-url", triton_url, "--model", model, "--no-progress"]
     environment = {**os.environ, "WHATART_INGEST_CHECKPOINT_EVERY": str(INGEST_CHECKPOINT)}
     with first_log.open("w") as stderr:
         first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -168,8 +162,8 @@ def ingest_fault(works: list[Artwork], work: Path, triton_url: str, model: str) 
             "published": len(ids), "lost": len(expected - set(ids)), "twice": len(ids) - len(set(ids))}
 
 
-def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int, seconds: float,
-                    max_upload_bytes: int) -> dict[str, object]:
+def run_reliability(whatart: Whatart, model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int,
+                    seconds: float, max_upload_bytes: int) -> dict[str, object]:
     """The whole bench; its work folder (logs, batch results, the ingest's index) is removed
     on success and kept, with its path logged, when a part fails."""
     needed = max(BATCH_IMAGES, INGEST_WORKS)
@@ -184,7 +178,7 @@ def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artw
     config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
     triton = TritonProcess(config, log_path=work / "triton.log")
     triton_url = f"127.0.0.1:{config.grpc_port}"
-    service = ServiceProcess(index_dir, triton_url, "verified", log_file=work / "service.log")
+    service = ServiceProcess(whatart, index_dir, triton_url, "verified", log_file=work / "service.log")
     try:
         triton.start()
         service.start()
@@ -201,7 +195,7 @@ def run_reliability(model_repository: Path, index_dir: Path, artworks: list[Artw
             "service killed during identify --batch": _batch_fault(
                 service, files, batch_dir / "service.jsonl", service.kill, service.start),
         }
-        figures["faults"]["ingest killed (SIGKILL) and rerun"] = ingest_fault(artworks[:INGEST_WORKS], work, triton_url, model)
+        figures["faults"]["ingest killed (SIGKILL) and rerun"] = ingest_fault(whatart, artworks[:INGEST_WORKS], work, triton_url, model)
         figures["load"] = run_load(service.address.url, service.address.grpc, paths, clients, seconds)
     except BaseException:
         log.warning("kept %s for inspection", work)

@@ -2,8 +2,11 @@
 
 The bench starts its own `whatart serve` (a real process, REST + gRPC, on free ports) over
 the given index and Triton, and measures: batch identification through the real `whatart
-identify --batch` path (one gRPC IdentifyStream), the same images over REST with many
+identify --batch` command (one gRPC IdentifyStream), the same images over REST with many
 requests in flight, and single-image REST latency one request at a time.
+
+Benches sit below the client: they are given the command that runs `whatart` (`Whatart`,
+from the CLI) and speak HTTP themselves, so nothing here imports `whatart.client`.
 """
 
 from __future__ import annotations
@@ -14,24 +17,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from whatart.client.batch import run_batch
-from whatart.client.demo import whatart_command
-from whatart.client.grpc_client import WhatartGrpcClient
-from whatart.client.rest_client import WhatartClient
 from whatart.retrieval_service.errors import WhatartError
 
 START_TIMEOUT_S = 180.0
+Whatart = Sequence[str]
+"""The command that runs the `whatart` CLI (e.g. this interpreter with `-m` and its module)."""
 
 
 class ServiceDidNotStart(WhatartError):
     """`whatart serve` exited or never became healthy; the message points at its log."""
+
+
+class ClientFailed(WhatartError):
+    """A request or `whatart identify --batch` failed as a whole; the message says how."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,12 @@ class ServiceProcess:
     """`whatart serve --mode MODE` on fixed free ports, which can be killed and started again
     at the same address; its log goes to a file."""
 
-    def __init__(self, index_dir: Path, triton_url: str, mode: str, log_file: Path | None = None) -> None:
+    def __init__(self, whatart: Whatart, index_dir: Path, triton_url: str, mode: str, log_file: Path | None = None) -> None:
         port, grpc_port = free_port(), free_port()
+        self.whatart = tuple(whatart)
         self.address = Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-        self.command = whatart_command("serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
-                                       "--port", str(port), "--grpc-port", str(grpc_port))
+        self.command = [*self.whatart, "serve", "--index", str(index_dir), "--triton-url", triton_url, "--mode", mode,
+                        "--port", str(port), "--grpc-port", str(grpc_port)]
         self.log_file = log_file or _new_log_file()
         self.process: subprocess.Popen | None = None
 
@@ -107,9 +113,9 @@ def _new_log_file() -> Path:
 
 
 @contextmanager
-def running_service(index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
+def running_service(whatart: Whatart, index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
     """A started ServiceProcess until the block ends."""
-    service = ServiceProcess(index_dir, triton_url, mode)
+    service = ServiceProcess(whatart, index_dir, triton_url, mode)
     try:
         service.start()
         yield service.address
@@ -132,16 +138,32 @@ def _wait_healthy(url: str, process: subprocess.Popen, log_file: Path) -> None:
     raise ServiceDidNotStart(f"`whatart serve` was not healthy within {START_TIMEOUT_S:.0f} s; its log: {log_file}")
 
 
-def grpc_batch(service: Service, files: list[Path]) -> Answers:
+def batch_command(whatart: Whatart, grpc: str, files: list[Path], out: Path) -> list[str]:
+    """`whatart identify --batch` over `files` (listed in a file beside `out`), answers to `out`."""
+    listing = out.with_suffix(".files.txt")  # beside the results: the images' folder is never written to
+    listing.write_text("".join(f"{path}\n" for path in files))
+    return [*whatart, "identify", "--batch", str(listing), "--out", str(out), "--grpc", grpc, "--k", "5", "--no-progress"]
+
+
+def run_batch_command(command: list[str]) -> dict:
+    """Run a `batch_command` to its end; its JSON summary (answered, failed, seconds, ...).
+    Exit 1 (some images unavailable) still has a summary; anything else is a ClientFailed."""
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if finished.returncode not in (0, 1):
+        raise ClientFailed(f"`whatart identify --batch` exited with {finished.returncode}: {finished.stderr[-2000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def grpc_batch(whatart: Whatart, service: Service, files: list[Path]) -> Answers:
     """`whatart identify --batch` over `files` (one IdentifyStream); latency is each answer's
     time inside the service (`took_ms`) under that load."""
-    with tempfile.TemporaryDirectory() as scratch, WhatartGrpcClient(service.grpc) as client:
+    with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "results.jsonl"
-        report = run_batch(files, out, client, k=5, show_progress=False)
+        report = run_batch_command(batch_command(whatart, service.grpc, files, out))
         lines = [json.loads(line) for line in out.read_text().splitlines()]
     return Answers(
-        images=report.answered + report.failed,
-        seconds=report.seconds,
+        images=report["answered"] + report["failed"],
+        seconds=report["seconds"],
         latencies_ms=[line["took_ms"] for line in lines if "took_ms" in line],
         top_ids={line["file"]: (line["matches"][0]["id"] if line.get("matches") else None) for line in lines},
     )
@@ -149,12 +171,19 @@ def grpc_batch(service: Service, files: list[Path]) -> Answers:
 
 def rest_requests(service: Service, files: list[Path], in_flight: int) -> Answers:
     """POST /v1/identify for each file, `in_flight` at a time; latency as the client sees it."""
-    with WhatartClient(service.url) as client:
-        client.identify_file(files[0])  # warm-up: connection, first-request allocations
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+
+        def identify(path: Path) -> dict:
+            response = client.post("/v1/identify", files={"image": (path.name, path.read_bytes())}, data={"k": "5"})
+            if response.status_code != 200:
+                raise ClientFailed(f"POST /v1/identify {path.name} answered {response.status_code}: {response.text[:500]}")
+            return response.json()
+
+        identify(files[0])  # warm-up: connection, first-request allocations
 
         def one(path: Path) -> tuple[str, float, str | None]:
             begun = time.perf_counter()
-            answer = client.identify_file(path, k=5)
+            answer = identify(path)
             return str(path), (time.perf_counter() - begun) * 1e3, (answer["matches"][0]["id"] if answer["matches"] else None)
 
         started = time.perf_counter()

@@ -59,6 +59,8 @@ class ThroughputRequest:
     model_repository: Path
     fp32_onnx: Path | None
     """None: the model repository's FP32 sibling of the model, <encoder>/1/model.onnx"""
+    whatart: tuple[str, ...]
+    """The command that runs the CLI, for the bench's own `whatart serve` and `identify --batch`."""
     n: int = 2000
     baseline_n: int = 300
     single_n: int = 200
@@ -160,8 +162,8 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     }
 
     log.info("3/3 the service (global mode): batch over gRPC, REST in flight, REST one at a time")
-    with service_bench.running_service(request.index_dir, request.triton_url, "global") as service:
-        stream = service_bench.grpc_batch(service, paths)
+    with service_bench.running_service(request.whatart, request.index_dir, request.triton_url, "global") as service:
+        stream = service_bench.grpc_batch(request.whatart, service, paths)
         rest = service_bench.rest_requests(service, paths, request.rest_in_flight)
         single_paths = paths[: request.single_n]
         single = service_bench.rest_requests(service, single_paths, 1)

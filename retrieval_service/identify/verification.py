@@ -3,7 +3,7 @@
 Local features (ORB keypoints) are matched with a ratio test and a RANSAC homography; the
 number of inliers is a far sharper "same artwork" signal than global cosine similarity, so
 it re-ranks the shortlist and decides "not in the gallery". Gallery features are extracted
-once at ingest and stored with the index (index/gallery.py). ORB was chosen over SIFT and
+once at ingest and stored with the index (index/publish.py). ORB was chosen over SIFT and
 AKAZE by measurement (README): the best re-ranked top-1 on both protocols, at 1-4 ms per
 image instead of 15-50 ms on this CPU.
 """

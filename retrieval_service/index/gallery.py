@@ -155,7 +155,7 @@ class Gallery:
         return [(found[row_id], votes, row_id) for row_id, votes in voted]
 
     def colours(self, row_ids: list[int]) -> np.ndarray:
-        """float32 [n, 6] colour signatures of these artworks (colour.py)."""
+        """float32 [n, 6] colour signatures of these artworks (features/colour.py)."""
         return self._colours[row_ids]
 
     def local_features(self, row_id: int) -> LocalFeatures:

@@ -71,7 +71,7 @@ class MilvusConnection:
 
 @dataclass(frozen=True)
 class MilvusTarget:
-    """Where `gallery.publish` writes a version's vectors when the backend is Milvus."""
+    """Where `publish.publish` writes a version's vectors when the backend is Milvus."""
 
     connection: MilvusConnection
     index_type: str = "AUTOINDEX"

@@ -75,7 +75,7 @@ class FaissStore:
 
     def _selector(self, where: MetadataFilter) -> faiss.IDSelector:
         rows = np.asarray(self._rows_matching(where), dtype=np.int64)
-        # vectors were added artwork by artwork, `views` each (gallery.publish)
+        # vectors were added artwork by artwork, `views` each (publish.publish)
         return vector_index.allow((rows[:, None] * self.views + np.arange(self.views)).ravel())
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 Nothing is re-encoded and nothing is trained again: the kept artworks' embeddings, local
 features and metadata are read from the current version and published as a new one
-(gallery.publish, atomic) into the current index's trained structure, with the calibration
+(index/publish.py, atomic) into the current index's trained structure, with the calibration
 carried over. A running service picks it up (reloader.py).
 """
 

@@ -43,7 +43,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         app.state.galleries = GalleryReloader(
             Identifier(gallery, encoder, served, settings), settings.index_dir, settings.reload_check_s)
         metrics.serving(len(gallery), len(gallery.vectors))
-        grpc_server = await GrpcServer.start(app.state.galleries, admission, settings)
+        grpc_server = await GrpcServer.start(app.state.galleries.current, admission, settings)
         try:
             yield
         finally:

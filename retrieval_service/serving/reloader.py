@@ -1,6 +1,6 @@
 """Serve the index version that `current` points at, without a restart.
 
-`whatart ingest` publishes a new version by swapping the `current` symlink (gallery.py).
+`whatart ingest` publishes a new version by swapping the `current` symlink (index/publish.py).
 The service looks at the link at most every `reload_check_s` seconds; when it points
 elsewhere, the new version is loaded and verified off the event loop and swapped in for the
 next request. A version that fails verification is logged and the old one keeps serving.

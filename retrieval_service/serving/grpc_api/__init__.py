@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from whatart.retrieval_service.errors import DependencyUnavailable
+from whatart.retrieval_service.identify.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.index.metadata import FILTER_FIELDS, FilterError, MetadataFilter
 from whatart.retrieval_service.log_format import REQUEST_ID
@@ -23,7 +24,6 @@ from whatart.retrieval_service.serving.access import PROTECTED_GRPC_PREFIX, auth
 from whatart.retrieval_service.serving.admission import Admission, Overloaded
 from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
 from whatart.retrieval_service.serving.observed import identify_observed
-from whatart.retrieval_service.serving.reloader import GalleryReloader
 from whatart.retrieval_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ SERVICE_NAME = whatart_pb2.DESCRIPTOR.services_by_name["Identifier"].full_name
 STREAM_IN_FLIGHT = 16
 """Requests of one IdentifyStream worked on at once (more wait in the stream: back-pressure)."""
 HEALTH_CHECK_S = 2.0
+CurrentIdentifier = Callable[[], Awaitable[Identifier]]
+"""The identifier over the index version being served now (the REST app's reloader decides which)."""
 
 
 class TokenCheck(grpc.aio.ServerInterceptor):
@@ -72,8 +74,8 @@ def _metadata_filter(request: whatart_pb2.IdentifyRequest) -> MetadataFilter | N
 
 
 class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
-    def __init__(self, galleries: GalleryReloader, admission: Admission, settings: Settings) -> None:
-        self.galleries, self.admission, self.settings = galleries, admission, settings
+    def __init__(self, current: CurrentIdentifier, admission: Admission, settings: Settings) -> None:
+        self.current, self.admission, self.settings = current, admission, settings
 
     async def _answer(self, request: whatart_pb2.IdentifyRequest, refusable: bool = True) -> whatart_pb2.IdentifyResponse:
         """The answer, or RequestRefused with the status and a message that names the problem.
@@ -88,7 +90,7 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
             raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"the image is {len(request.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
         where = _metadata_filter(request)
-        identifier = await self.galleries.current()
+        identifier = await self.current()
         try:
             with self.admission.admitted(refusable):
                 result = await identify_observed(identifier, request.image, k, "grpc", where)
@@ -151,10 +153,10 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
                 task.cancel()
 
 
-async def _report_health(galleries: GalleryReloader, servicer: health.aio.HealthServicer) -> None:
+async def _report_health(current: CurrentIdentifier, servicer: health.aio.HealthServicer) -> None:
     """SERVING while Triton serves the model, as /health says; checked every HEALTH_CHECK_S."""
     while True:
-        identifier = await galleries.current()
+        identifier = await current()
         ready = await identifier.encoder.is_ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
@@ -169,12 +171,12 @@ class GrpcServer:
         self.server, self.health_task = server, health_task
 
     @classmethod
-    async def start(cls, galleries: GalleryReloader, admission: Admission, settings: Settings) -> GrpcServer:
+    async def start(cls, current: CurrentIdentifier, admission: Admission, settings: Settings) -> GrpcServer:
         server = grpc.aio.server(
             interceptors=[TokenCheck(settings.api_token)],
             options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)],
         )
-        whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(galleries, admission, settings), server)
+        whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(current, admission, settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -187,7 +189,7 @@ class GrpcServer:
             raise OSError(taken) from None
         await server.start()
         log.info("gRPC on %s (health, reflection)", address)
-        return cls(server, asyncio.create_task(_report_health(galleries, health_servicer)))
+        return cls(server, asyncio.create_task(_report_health(current, health_servicer)))
 
     async def stop(self) -> None:
         self.health_task.cancel()
