@@ -14,26 +14,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 from whatart.retrieval_service.features.local_features import LocalFeatures
-from whatart.retrieval_service.index import feature_votes, milvus_store, recall, vector_index, vector_store
+from whatart.retrieval_service.index import feature_votes, layout, milvus_store, recall, vector_index, vector_store
 from whatart.retrieval_service.index.gallery import Gallery
-from whatart.retrieval_service.index.layout import (
-    CARRIED_FILES,
-    DATA_FILES,
-    EMBEDDINGS,
-    FEATURE_COLOURS,
-    FEATURE_DESCRIPTORS,
-    FEATURE_OFFSETS,
-    FEATURE_POINTS,
-    FORMAT_VERSION,
-    MANIFEST,
-    METADATA,
-    VECTORS,
-    VERSIONS_KEPT,
-    VOTES,
-    Manifest,
-    file_sha256,
-    pack_features,
-)
 from whatart.retrieval_service.index.metadata import Artwork, write_metadata
 from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusTarget
 from whatart.retrieval_service.triton.model_contract import ModelIdentity
@@ -78,13 +60,13 @@ def publish(
         index_entry = _write_faiss(staging, vectors, plan or vector_index.IndexPlan(vector_index.EXACT, identity.dim), trained)
     else:
         index_entry = _write_milvus(milvus, milvus_store.collection_name(stamp), vectors, artworks)
-    np.save(staging / EMBEDDINGS, vectors.astype(np.float16))
+    np.save(staging / layout.EMBEDDINGS, vectors.astype(np.float16))
     for carried in carried_files:
         shutil.copyfile(carried, staging / carried.name)
-    count = write_metadata(staging / METADATA, artworks)
+    count = write_metadata(staging / layout.METADATA, artworks)
     _write_features(staging, features)
-    manifest = Manifest(
-        format=FORMAT_VERSION,
+    manifest = layout.Manifest(
+        format=layout.FORMAT_VERSION,
         model=identity,
         count=count,
         gallery_blurs=list(gallery_blurs),
@@ -92,9 +74,9 @@ def publish(
         source=source,
         index=index_entry,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        files={name: file_sha256(staging / name) for name in (*DATA_FILES, VECTORS) if (staging / name).exists()},
+        files={name: layout.file_sha256(staging / name) for name in (*layout.DATA_FILES, layout.VECTORS) if (staging / name).exists()},
     )
-    (staging / MANIFEST).write_text(manifest.to_json())
+    (staging / layout.MANIFEST).write_text(manifest.to_json())
     _fsync_tree(staging)
     final = versions / stamp
     staging.rename(final)
@@ -117,7 +99,7 @@ def _write_faiss(staging: Path, vectors: np.ndarray, plan: vector_index.IndexPla
         index, report = recall.build_and_measure(flat, ids, plan)
     else:
         index, report = recall.refill_and_measure(trained, flat, ids, plan)
-    vector_index.save_index(index, staging / VECTORS)
+    vector_index.save_index(index, staging / layout.VECTORS)
     return {"backend": vector_store.FAISS, "plan": asdict(plan), "report": report.to_dict()}
 
 
@@ -142,29 +124,29 @@ def republish(current: Gallery, artworks: list[Artwork], vectors: np.ndarray, fe
     from the file: the loaded copy may live on a GPU), so nothing is encoded or trained
     again; a Milvus one gets a new collection in the same Milvus."""
     manifest = current.manifest
-    carried = tuple(p for p in (current.directory / name for name in CARRIED_FILES) if p.exists())
+    carried = tuple(p for p in (current.directory / name for name in layout.CARRIED_FILES) if p.exists())
     common = (current.directory.parent.parent, manifest.model, artworks, vectors, features, manifest.local_features,
               tuple(manifest.gallery_blurs), manifest.source)
     if isinstance(current.vectors, milvus_store.MilvusStore):
         return publish(*common, carried_files=carried,
                        milvus=MilvusTarget(current.vectors.connection, manifest.index["milvus"]["index_type"]))
-    return publish(*common, manifest.index_plan, vector_index.read_index(current.directory / VECTORS), carried)
+    return publish(*common, manifest.index_plan, vector_index.read_index(current.directory / layout.VECTORS), carried)
 
 
 def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
-    packed = pack_features(features)
-    np.save(directory / FEATURE_OFFSETS, packed["offsets"])
-    np.save(directory / FEATURE_POINTS, packed["points"])
-    np.save(directory / FEATURE_DESCRIPTORS, packed["descriptors"])
-    np.save(directory / FEATURE_COLOURS, packed["colours"])
+    packed = layout.pack_features(features)
+    np.save(directory / layout.FEATURE_OFFSETS, packed["offsets"])
+    np.save(directory / layout.FEATURE_POINTS, packed["points"])
+    np.save(directory / layout.FEATURE_DESCRIPTORS, packed["descriptors"])
+    np.save(directory / layout.FEATURE_COLOURS, packed["colours"])
     owners = np.repeat(np.arange(len(features)), np.diff(packed["offsets"]))
-    feature_votes.save(feature_votes.build(packed["descriptors"], owners), directory / VOTES)
+    feature_votes.save(feature_votes.build(packed["descriptors"], owners), directory / layout.VOTES)
 
 
 def _drop_collection_of(version: Path, milvus: MilvusConnection | None) -> None:
     """Drop an old Milvus version's collection (through `milvus`, else the URI it recorded)."""
     try:
-        entry = Manifest.from_json((version / MANIFEST).read_text()).index
+        entry = layout.Manifest.from_json((version / layout.MANIFEST).read_text()).index
     except (OSError, ValueError, KeyError, TypeError):
         return
     if entry.get("backend") == vector_store.MILVUS:
@@ -195,7 +177,7 @@ def _prune(versions: Path, keep: Path, milvus: MilvusConnection | None) -> None:
     """Remove old versions (and their Milvus collections) and abandoned partial ones, keeping
     the newest few."""
     finished = sorted((p for p in versions.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
-    for old in finished[:-VERSIONS_KEPT]:
+    for old in finished[:-layout.VERSIONS_KEPT]:
         if old != keep:
             _drop_collection_of(old, milvus)
             shutil.rmtree(old, ignore_errors=True)
