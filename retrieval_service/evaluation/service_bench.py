@@ -6,7 +6,7 @@ identify --batch` command (one gRPC IdentifyStream), the same images over REST w
 requests in flight, and single-image REST latency one request at a time.
 
 Benches sit below the client: they are given the command that runs `whatart` (`Whatart`,
-from the CLI) and speak HTTP themselves, so nothing here imports `whatart.client`.
+from the CLI) and speak HTTP themselves: nothing here imports the client package.
 """
 
 from __future__ import annotations
