@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,8 +59,11 @@ def test_dynamic_batching_groups_concurrent_requests(triton: TritonEndpoints) ->
         outputs = list(pool.map(one, range(requests)))
     assert all(o.shape == (1, 512) for o in outputs)
     np.testing.assert_allclose(outputs[0], outputs[-1], atol=1e-5)
-    inferences, executions = _model_stats(client)
-    inferences, executions = inferences - inferences_before, executions - executions_before
+    # Triton records a request's statistics after its response is sent: wait for the last ones
+    deadline = time.monotonic() + 10
+    while (counted := _model_stats(client))[0] - inferences_before < requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inferences, executions = counted[0] - inferences_before, counted[1] - executions_before
     assert inferences == requests
     assert executions < inferences / 2, f"{inferences} inferences in {executions} executions: no batching"
 
