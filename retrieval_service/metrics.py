@@ -16,6 +16,10 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
+DECIDED = Counter(
+    "whatart_identify_decided_total", "Answered identifications by the cascade stage that decided (embedding, views, verified)",
+    ["stage"],
+)
 GALLERY_ARTWORKS = Gauge("whatart_gallery_artworks", "Artworks in the served gallery")
 INDEX_VECTORS = Gauge("whatart_index_vectors", "Vectors in the served gallery's index (artworks x gallery views)")
 IN_FLIGHT = Gauge("whatart_identify_in_flight", "Identify requests being processed")

@@ -20,7 +20,7 @@ from whatart.retrieval_service.log_format import FORMATS
 
 ENV_PREFIX = "WHATART_"
 INDEX_KINDS = ("auto", "exact", "ivf")
-IDENTIFY_MODES = ("verified", "global")
+IDENTIFY_MODES = ("cascade", "verified", "global")
 
 
 def replica_urls(triton_url: str) -> tuple[str, ...]:
@@ -93,11 +93,12 @@ class Settings:
     milvus_token: str = dataclasses.field(default="", repr=False)
     # Index type of new collections: AUTOINDEX lets Milvus choose (HNSW, IVF_FLAT, ... also work).
     milvus_index_type: str = "AUTOINDEX"
-    # How /v1/identify and gRPC answer. "verified": the query views below, local-feature
-    # votes and geometric verification (best accuracy on photos, a calibrated "not in the
-    # gallery"). "global": the plain photo only, one embedding and a global search, no
-    # verification (fastest: for gallery-quality images, e.g. cataloguing scans).
-    identify_mode: str = "verified"
+    # How /v1/identify and gRPC answer. "cascade" (the product's choice): the plain photo's
+    # embedding answers when its top match is certain, else the photo with its centre crops
+    # does, else geometric verification of the shortlist decides (identify/identifier.py);
+    # each early answer's thresholds are calibrated (`whatart evaluate --calibrate`).
+    # For ablations: "verified" verifies every photo; "global" searches the plain photo only.
+    identify_mode: str = "cascade"
     # "global" mode has no verification: the top match is "in the gallery" when its cosine
     # similarity reaches this (not calibrated: set it from `whatart evaluate` on your data).
     global_min_similarity: float = 0.9
@@ -110,12 +111,6 @@ class Settings:
     # find a painting hung with wall around it.
     query_rotations: tuple[float, ...] = (0.0,)
     query_crops: tuple[float, ...] = (0.8, 0.6)
-    # Local-feature votes (feature_votes.py): this many of the artworks the photo's ORB
-    # descriptors voted for most are verified first; 0 (the default: with SSCD's shortlist
-    # they changed no answer and cost 20-40 ms) turns voting off. The vote index probes this
-    # many of its inverted lists per descriptor.
-    vote_candidates: int = 0
-    vote_lists_probed: int = 8
     # Geometric verification (ORB + RANSAC) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence).
     rerank_candidates: int = 50
@@ -132,6 +127,12 @@ class Settings:
     colour_rerank_below: int = 0
     # Used until `whatart evaluate --protocol open-set --calibrate` stores a measured one.
     default_min_inliers: int = 20
+    # ...and the cascade's early answers until then: the top match's cosine similarity and
+    # its lead over the runner-up that let the embedding stages answer without verifying.
+    default_early_similarity: float = 0.6
+    default_early_margin: float = 0.2
+    # ...and the confidence given with such an answer (their precision where they were measured).
+    default_early_confidence: float = 0.99
     # Clients
     server_url: str = "http://127.0.0.1:8080"
     ui_host: str = "127.0.0.1"
@@ -159,13 +160,11 @@ class Settings:
             raise SettingsError("gallery_blurs and query_rotations/query_crops need at least one view each")
         if any(not 0 < fraction <= 1 for fraction in self.query_crops):
             raise SettingsError(f"query_crops must be fractions in (0, 1], got {self.query_crops}")
-        counts = ("rerank_candidates", "rerank_extended", "rerank_min_inliers", "vote_candidates", "colour_rerank_below")
+        counts = ("rerank_candidates", "rerank_extended", "rerank_min_inliers", "colour_rerank_below")
         if any(getattr(self, name) < 0 for name in counts):
             raise SettingsError(f"{', '.join(counts)} must be 0 or more, got {[getattr(self, n) for n in counts]}")
         if any(wait < 0 for wait in self.triton_retry_waits_s):
             raise SettingsError(f"triton_retry_waits_s must be 0 or more seconds each, got {self.triton_retry_waits_s}")
-        if self.vote_lists_probed <= 0:
-            raise SettingsError(f"vote_lists_probed must be positive, got {self.vote_lists_probed}")
         if self.index_kind not in INDEX_KINDS:
             raise SettingsError(f"index_kind must be one of {', '.join(INDEX_KINDS)}, got {self.index_kind!r}")
         if self.log_format not in FORMATS:
@@ -180,6 +179,11 @@ class Settings:
             raise SettingsError(f"identify_mode must be one of {', '.join(IDENTIFY_MODES)}, got {self.identify_mode!r}")
         if not -1 <= self.global_min_similarity <= 1:
             raise SettingsError(f"global_min_similarity must be a cosine similarity in [-1, 1], got {self.global_min_similarity}")
+        if not 0 <= self.default_early_confidence <= 1:
+            raise SettingsError(f"default_early_confidence must be a probability in [0, 1], got {self.default_early_confidence}")
+        if not (-1 <= self.default_early_similarity <= 1 and 0 <= self.default_early_margin <= 2):
+            raise SettingsError(f"default_early_similarity must be in [-1, 1] and default_early_margin in [0, 2], got "
+                                f"{self.default_early_similarity} and {self.default_early_margin}")
         if not 0 < self.duplicate_similarity <= 1:
             raise SettingsError(f"duplicate_similarity must be in (0, 1], got {self.duplicate_similarity}")
         if self.default_k > self.max_k:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from whatart.retrieval_service.identify.identifier import Identification
+from whatart.retrieval_service.identify.answer import Identification
 from whatart.retrieval_service.index.metadata import MetadataFilter
 from whatart.retrieval_service.serving.admission import Admission
 from whatart.retrieval_service.serving.grpc_api import IdentifierService, whatart_pb2
@@ -25,7 +25,8 @@ class FailingIdentifier:
         await asyncio.sleep(0.01)
         if data == BROKEN:
             raise RuntimeError("an unforeseen failure")
-        return Identification(matches=[], in_gallery=False, confidence=0.0, model="stand-in", took_ms=1.0, timings_ms={})
+        return Identification(matches=[], in_gallery=False, confidence=0.0, model="stand-in", took_ms=1.0, timings_ms={},
+                              decided_by="verified")
 
 
 class OneGallery:

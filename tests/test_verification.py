@@ -11,8 +11,8 @@ from whatart.retrieval_service.evaluation import harness
 from whatart.retrieval_service.evaluation.protocols import make_query
 from whatart.retrieval_service.features.local_features import FeatureExtractor
 from whatart.retrieval_service.features.views import gallery_views, query_views
+from whatart.retrieval_service.identify.answer import Candidate, Identification, rerank
 from whatart.retrieval_service.identify.calibration import Calibration
-from whatart.retrieval_service.identify.identifier import Candidate, Identification, rerank
 from whatart.retrieval_service.identify.verification import count_inliers
 from whatart.retrieval_service.images import decode_image
 from whatart.retrieval_service.index.metadata import Artwork
@@ -65,7 +65,7 @@ def test_default_calibration_is_monotonic_and_centred_on_the_threshold(tmp_path:
 def _outcome(in_gallery: bool, inliers: int, correct: bool) -> harness.Outcome:
     truth = Artwork(id="t")
     top = truth if correct else Artwork(id="other")
-    answer = Identification([Candidate(top, 0, 0.5, inliers)], inliers >= 20, 0.5, "m", 1.0, {})
+    answer = Identification([Candidate(top, 0, 0.5, inliers)], inliers >= 20, 0.5, "m", 1.0, {}, "verified")
     return harness.Outcome(harness.Query(truth, in_gallery, b""), answer, latency_ms=1.0)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 from whatart.retrieval_service.evaluation.protocols import make_query
-from whatart.retrieval_service.identify.identifier import Identification, Identifier
+from whatart.retrieval_service.identify.answer import DECIDING_STAGES, VERIFIED, Identification
+from whatart.retrieval_service.identify.identifier import Identifier
 from whatart.retrieval_service.index.metadata import Artwork
 
 
@@ -100,6 +101,11 @@ def retrieval_report(outcomes: Sequence[Outcome]) -> RetrievalReport:
     )
 
 
+def decided_by(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """How many answers each stage of the cascade gave."""
+    return {stage: sum(o.answer.decided_by == stage for o in outcomes) for stage in DECIDING_STAGES}
+
+
 @dataclass
 class OpenSetReport:
     in_gallery_queries: int
@@ -111,10 +117,10 @@ class OpenSetReport:
 
 
 def open_set_report(outcomes: Sequence[Outcome], min_inliers: int) -> OpenSetReport:
-    """Precision/recall of the "not in the gallery" answer, for a given inlier threshold."""
-    inliers = np.array([top_inliers(o) for o in outcomes])
+    """Precision/recall of the "not in the gallery" answer, for a given inlier threshold
+    (an answer taken before verification says "in the gallery")."""
+    said_absent = np.array([said_not_in_gallery(o, min_inliers) for o in outcomes])
     truly_absent = np.array([not o.query.in_gallery for o in outcomes])
-    said_absent = inliers < min_inliers
     true_positive = int((said_absent & truly_absent).sum())
     present = [o for o in outcomes if o.query.in_gallery]
     return OpenSetReport(
@@ -122,9 +128,13 @@ def open_set_report(outcomes: Sequence[Outcome], min_inliers: int) -> OpenSetRep
         held_out_queries=int(truly_absent.sum()),
         not_in_gallery_precision=true_positive / max(1, int(said_absent.sum())),
         not_in_gallery_recall=true_positive / max(1, int(truly_absent.sum())),
-        in_gallery_top1=float(np.mean([o.rank == 1 and top_inliers(o) >= min_inliers for o in present])) if present else 0.0,
+        in_gallery_top1=float(np.mean([o.rank == 1 and not said_not_in_gallery(o, min_inliers) for o in present])) if present else 0.0,
         min_inliers=min_inliers,
     )
+
+
+def said_not_in_gallery(outcome: Outcome, min_inliers: int) -> bool:
+    return outcome.answer.decided_by == VERIFIED and top_inliers(outcome) < min_inliers
 
 
 def top_inliers(outcome: Outcome) -> int:
@@ -144,7 +154,8 @@ def choose_threshold(outcomes: Sequence[Outcome], min_precision: float = 0.95) -
 
 def fit_confidence(outcomes: Sequence[Outcome]) -> tuple[float, float]:
     """Logistic fit of P(top match correct) on log(1 + the top match's inliers), by
-    Newton's method (the feature Calibration.confidence uses)."""
+    Newton's method (the feature Calibration.confidence uses), over verified answers."""
+    outcomes = [o for o in outcomes if o.answer.decided_by == VERIFIED]
     x = np.log1p(np.array([top_inliers(o) for o in outcomes], dtype=np.float64))
     y = np.array([o.query.in_gallery and o.rank == 1 for o in outcomes], dtype=np.float64)
     w = np.zeros(2)

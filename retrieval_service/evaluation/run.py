@@ -1,13 +1,20 @@
-"""`whatart evaluate`: build or reuse the indexes, run the protocols, report, calibrate."""
+"""`whatart evaluate`: build or reuse the indexes, run the protocols, report, calibrate.
+
+`--calibrate` identifies with every stage run (verified mode), so that each query records
+what the cascade's early stages saw, and stores with the index the inlier threshold and
+confidence curve (open-set queries) and the early answers (every query run: early_answers.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
 from whatart.retrieval_service.evaluation import harness
+from whatart.retrieval_service.evaluation.early_answers import fit_early_answers
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.identify.calibration import Calibration
 from whatart.retrieval_service.identify.identifier import Identifier
@@ -35,14 +42,13 @@ async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: Trito
 
 
 async def _retrieval(identifier: Identifier, artworks: list[Artwork], protocol: str, n: int, seed: int,
-                     concurrency: int) -> harness.RetrievalReport:
+                     concurrency: int) -> list[harness.Outcome]:
     queries = harness.make_queries(protocol, harness.sample(artworks, n, seed), in_gallery=True, seed=seed)
-    outcomes = await harness.run_queries(identifier, queries, k=5, concurrency=concurrency, label=protocol)
-    return harness.retrieval_report(outcomes)
+    return await harness.run_queries(identifier, queries, k=5, concurrency=concurrency, label=protocol)
 
 
 async def _open_set(identifier: Identifier, kept: list[Artwork], held_out: list[Artwork], n: int, seed: int,
-                    concurrency: int, calibrate: bool) -> tuple[dict, Calibration | None]:
+                    concurrency: int, calibrate: bool, calibration_outcomes: list[harness.Outcome]) -> tuple[dict, Calibration | None]:
     absent = harness.sample(held_out, n // 2, seed)
     present = harness.sample(kept, len(absent), seed + 1)
     queries = (harness.make_queries("photo", present, in_gallery=True, seed=seed)
@@ -51,7 +57,7 @@ async def _open_set(identifier: Identifier, kept: list[Artwork], held_out: list[
     current = harness.open_set_report(outcomes, identifier.calibration.min_inliers)
     best = harness.choose_threshold(outcomes)
     report = {"at_current_threshold": asdict(current), "chosen_threshold": asdict(harness.open_set_report(outcomes, best)),
-              "calibration_in_use": identifier.calibration.source,
+              "calibration_in_use": identifier.calibration.source, "decided_by": harness.decided_by(outcomes),
               "heads": {task: asdict(harness.classification_report(outcomes, task, labels))
                         for task, labels in identifier.served.heads.items()}}
     if not calibrate:
@@ -59,14 +65,19 @@ async def _open_set(identifier: Identifier, kept: list[Artwork], held_out: list[
     slope, intercept = harness.fit_confidence(outcomes)
     precision = report["chosen_threshold"]["not_in_gallery_precision"]
     recall = report["chosen_threshold"]["not_in_gallery_recall"]
+    everything = calibration_outcomes + outcomes
+    early, report["early_answers"] = fit_early_answers(everything)
     calibration = Calibration(best, slope, intercept,
-                              f"open-set evaluation, {len(outcomes)} photo queries: precision {precision:.3f}, recall {recall:.3f}")
+                              f"open-set evaluation, {len(outcomes)} photo queries: precision {precision:.3f}, recall {recall:.3f}; "
+                              f"early answers fitted on {len(everything)} queries", early)
     return report, calibration
 
 
 async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n: int, seed: int, index_dir: Path,
                    model: str | None, concurrency: int, calibrate: bool) -> dict:
     source = open_source(source_spec)
+    if calibrate:  # every stage for every query: what the early answers are fitted on
+        settings = dataclasses.replace(settings, identify_mode="verified")
     model = await resolve_model(settings.triton_url, model)
     encoder = TritonEncoder.from_settings(settings, model)  # embeddings for the galleries
     identifying = TritonEncoder.from_settings(settings, await served_as(settings.triton_url, model))  # + heads, if served
@@ -76,25 +87,27 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
         "switches": {"gallery_blurs": settings.gallery_blurs, "query_rotations": settings.query_rotations,
                      "query_crops": settings.query_crops, "rerank_candidates": settings.rerank_candidates,
                      "rerank_extended": settings.rerank_extended, "rerank_min_inliers": settings.rerank_min_inliers,
-                     "vote_candidates": settings.vote_candidates,
-                     "colour_rerank_below": settings.colour_rerank_below},
+                     "colour_rerank_below": settings.colour_rerank_below, "identify_mode": settings.identify_mode},
         "protocols": measured,
     }
     try:
         served = await identifying.served_model()
         retrieval = [p for p in protocols if p != "open-set"]
+        retrieval_outcomes: list[harness.Outcome] = []
         if retrieval:
             gallery = await _ensure_gallery(index_dir, source, encoder, settings)
             identifier = Identifier(gallery, identifying, served, settings)
             for protocol in retrieval:
-                measured[protocol] = asdict(await _retrieval(identifier, source.artworks, protocol, n, seed, concurrency))
+                outcomes = await _retrieval(identifier, source.artworks, protocol, n, seed, concurrency)
+                measured[protocol] = {**asdict(harness.retrieval_report(outcomes)), "decided_by": harness.decided_by(outcomes)}
+                retrieval_outcomes += outcomes
         if "open-set" in protocols:
             held_out = [a for a in source.artworks if is_held_out(a.id)]
             kept = [a for a in source.artworks if not is_held_out(a.id)]
             open_dir = index_dir.with_name(index_dir.name + "-openset")
             open_gallery = await _ensure_gallery(open_dir, GallerySource(source.name + " minus hold-out", kept), encoder, settings)
             identifier = Identifier(open_gallery, identifying, served, settings)
-            report, calibration = await _open_set(identifier, kept, held_out, n, seed, concurrency, calibrate)
+            report, calibration = await _open_set(identifier, kept, held_out, n, seed, concurrency, calibrate, retrieval_outcomes)
             measured["open-set"] = report
             if calibration is not None:
                 for directory in (open_gallery.directory, (index_dir / "current").resolve()):
@@ -115,8 +128,9 @@ def table(results: dict) -> str:
     for protocol in ("seed", "photo"):
         if protocol in measured:
             r = measured[protocol]
+            decided = " ".join(f"{stage} {count}" for stage, count in r["decided_by"].items())
             lines.append(f"{protocol:<10} {r['queries']:>7} {r['top1']:>7.1%} {r['top5']:>7.1%} {r['map5']:>7.3f} "
-                         f"{r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f}")
+                         f"{r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f}  decided by: {decided}")
     if "open-set" in measured:
         chosen = measured["open-set"]["chosen_threshold"]
         lines.append(f"open-set: 'not in gallery' precision {chosen['not_in_gallery_precision']:.1%}, recall "

@@ -1,6 +1,6 @@
 """Geometric verification: do the photo and a candidate show the same picture?
 
-Local features (ORB keypoints) are matched with a ratio test and a RANSAC homography; the
+Local features (ORB keypoints) are matched with a ratio test and a robust (MAGSAC++) homography; the
 number of inliers is a far sharper "same artwork" signal than global cosine similarity, so
 it re-ranks the shortlist and decides "not in the gallery". Gallery features are extracted
 once at ingest and stored with the index (index/publish.py). ORB was chosen over SIFT and
@@ -15,6 +15,10 @@ import numpy as np
 from whatart.retrieval_service.features.local_features import LocalFeatures
 
 RATIO = 0.8
+ROBUST_ESTIMATOR = cv2.USAC_MAGSAC
+"""Measured against cv2.RANSAC on 60 photo-protocol queries (README): the same 58 verified at
+20 inliers, no wrong pair above 8, and 1.8 ms instead of 4.3 ms on a wrong pair (the common
+case in a shortlist)."""
 RANSAC_REPROJECTION_PX = 6.0
 MIN_MATCHES = 5
 MIN_INLIER_COVERAGE = 0.05
@@ -35,7 +39,7 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
         return 0
     source = query.points[[m.queryIdx for m in good]]
     target = candidate.points[[m.trainIdx for m in good]]
-    homography, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_REPROJECTION_PX)
+    homography, mask = cv2.findHomography(source, target, ROBUST_ESTIMATOR, RANSAC_REPROJECTION_PX)
     if homography is None or not _plausible(homography):
         return 0
     inliers = target[mask.ravel() > 0]

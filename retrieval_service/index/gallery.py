@@ -1,5 +1,5 @@
 """Loading and searching one gallery version: its files checked against the manifest, its
-vectors searched through a vector store, its metadata, local features and votes read on demand."""
+vectors searched through a vector store, its metadata, local features read on demand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from whatart.retrieval_service.features.local_features import LocalFeatures
-from whatart.retrieval_service.index import feature_votes, milvus_store, vector_index, vector_store
+from whatart.retrieval_service.index import milvus_store, vector_index, vector_store
 from whatart.retrieval_service.index.layout import (
     EMBEDDINGS,
     FEATURE_COLOURS,
@@ -21,7 +21,6 @@ from whatart.retrieval_service.index.layout import (
     METADATA,
     SHARP_INDEX_CHUNK,
     VECTORS,
-    VOTES,
     GalleryError,
     Manifest,
     file_sha256,
@@ -44,7 +43,6 @@ class Gallery:
         self._points = np.load(directory / FEATURE_POINTS, mmap_mode="r")
         self._descriptors = np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r")
         self._colours = np.load(directory / FEATURE_COLOURS)
-        self._votes = feature_votes.load(directory / VOTES)
         self.embeddings = np.load(directory / EMBEDDINGS, mmap_mode="r")
         """float16 [artworks, views, dim], memory-mapped."""
         self._sharp_index: vector_store.FaissStore | None = None
@@ -140,20 +138,6 @@ class Gallery:
         found = self.metadata.by_row_ids({row_id for per_query in ranked for row_id, _ in per_query})
         return [[(found[row_id], score, row_id) for row_id, score in per_query] for per_query in ranked]
 
-    def similarities(self, views: np.ndarray, row_ids: list[int]) -> list[float]:
-        """Each artwork's best cosine similarity over the query's and its own views (for
-        candidates that came from elsewhere than the global search)."""
-        if not row_ids:
-            return []
-        stored = np.asarray(self.embeddings[np.asarray(row_ids)], dtype=np.float32)  # [ids, views, dim]
-        return np.einsum("qd,ivd->iqv", np.asarray(views, dtype=np.float32), stored).reshape(len(row_ids), -1).max(axis=1).tolist()
-
-    def vote(self, descriptors: np.ndarray | None, n: int, lists_probed: int) -> list[tuple[Artwork, int, int]]:
-        """The n artworks the photo's local descriptors voted for most: (artwork, votes, row id)."""
-        voted = feature_votes.vote(self._votes, descriptors, n, lists_probed)
-        found = self.metadata.by_row_ids(row_id for row_id, _ in voted)
-        return [(found[row_id], votes, row_id) for row_id, votes in voted]
-
     def colours(self, row_ids: list[int]) -> np.ndarray:
         """float32 [n, 6] colour signatures of these artworks (features/colour.py)."""
         return self._colours[row_ids]
@@ -161,7 +145,7 @@ class Gallery:
     def local_features(self, row_id: int) -> LocalFeatures:
         start, end = int(self._offsets[row_id]), int(self._offsets[row_id + 1])
         descriptors = np.asarray(self._descriptors[start:end]) if end > start else None
-        return LocalFeatures(np.asarray(self._points[start:end]), descriptors, self._colours[row_id])
+        return LocalFeatures(np.asarray(self._points[start:end], dtype=np.float32), descriptors, self._colours[row_id])
 
     def contents(self) -> tuple[list[Artwork], np.ndarray, list[LocalFeatures]]:
         """Everything needed to publish this gallery again (changed): artworks in row order,

@@ -14,7 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from whatart.retrieval_service.features.local_features import LocalFeatures
-from whatart.retrieval_service.index import feature_votes, layout, milvus_store, recall, vector_index, vector_store
+from whatart.retrieval_service.index import layout, milvus_store, recall, vector_index, vector_store
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.metadata import Artwork, write_metadata
 from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusTarget
@@ -139,8 +139,6 @@ def _write_features(directory: Path, features: list[LocalFeatures]) -> None:
     np.save(directory / layout.FEATURE_POINTS, packed["points"])
     np.save(directory / layout.FEATURE_DESCRIPTORS, packed["descriptors"])
     np.save(directory / layout.FEATURE_COLOURS, packed["colours"])
-    owners = np.repeat(np.arange(len(features)), np.diff(packed["offsets"]))
-    feature_votes.save(feature_votes.build(packed["descriptors"], owners), directory / layout.VOTES)
 
 
 def _drop_collection_of(version: Path, milvus: MilvusConnection | None) -> None:
