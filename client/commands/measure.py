@@ -44,13 +44,13 @@ def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
 def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.throughput_bench import ThroughputRequest, run_throughput_bench
 
-    for name in ("n", "baseline_n", "single_n", "rest_in_flight", "encoder_seconds"):
+    for name in ("n", "baseline_n", "single_n", "encoder_seconds"):
         if getattr(args, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     request = ThroughputRequest(
         images_csv=args.images, index_dir=settings.index_dir, triton_url=settings.triton_url, model=args.model,
         model_repository=settings.model_repository, fp32_onnx=args.fp32_model, whatart=tuple(whatart_command()),
-        n=args.n, baseline_n=args.baseline_n, single_n=args.single_n, rest_in_flight=args.rest_in_flight,
+        n=args.n, baseline_n=args.baseline_n, single_n=args.single_n,
         encoder_seconds=args.encoder_seconds, weights=args.weights, random_seed=args.seed if args.random_weights else None,
     )
     print(json.dumps(run_throughput_bench(request)))
@@ -108,18 +108,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--triton-url")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_bench_index)
-    p = benches.add_parser("throughput", help="batch identification, REST latency and encoder speed vs the seed-style loop, one run")
-    p.add_argument("images", help="gallery CSV whose images are identified (they must be in the index)")
+    p = benches.add_parser("throughput", help="the cascade on seed and photo queries, and the encoder, vs the seed-style loop, one run")
+    p.add_argument("images", help="gallery CSV whose images' distorted queries are identified (they must be in the index)")
     p.add_argument("--index", type=Path, dest="index_dir", help="index of that gallery (default: WHATART_INDEX_DIR)")
     p.add_argument("--model", help="Triton model (default: the index's)")
     p.add_argument("--fp32-model", type=Path,
                    help="FP32 model.onnx for the onnxruntime comparison (default: the model repository's <encoder>/1/model.onnx)")
     p.add_argument("--model-repository", type=Path)
     p.add_argument("--triton-url")
-    p.add_argument("--n", type=int, default=2000, help="images identified in batch and over REST")
-    p.add_argument("--baseline-n", type=int, default=300, help="images through the seed-style loop")
-    p.add_argument("--single-n", type=int, default=200, help="images for single-request REST latency")
-    p.add_argument("--rest-in-flight", type=int, default=16)
+    p.add_argument("--n", type=int, default=2000, help="works whose seed and photo queries are identified in batch")
+    p.add_argument("--baseline-n", type=int, default=300, help="seed queries through the seed-style loop")
+    p.add_argument("--single-n", type=int, default=200, help="queries per protocol for single-request REST latency")
     p.add_argument("--encoder-seconds", type=float, default=20.0, help="seconds per encoder measurement")
     p.add_argument("--weights", type=Path, help="the baseline's weights file (as exported)")
     p.add_argument("--random-weights", action="store_true", help="the baseline runs random weights (as exported with them)")

@@ -8,8 +8,8 @@ confidence curve (open-set queries) and the early answers (every query run: earl
 from __future__ import annotations
 
 import asyncio
-import logging
 import dataclasses
+import logging
 from dataclasses import asdict
 from pathlib import Path
 

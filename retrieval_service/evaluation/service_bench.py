@@ -17,10 +17,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,8 @@ class Answers:
     """file -> top match id (None: refused or no match)"""
     same_weights: bool = True
     """False for the seed loop running random weights beside a served model it cannot run"""
+    decided_by: dict[str, int] = field(default_factory=dict)
+    """stage of the cascade -> answers it gave (the service's answers only)"""
 
 
 def free_port() -> int:
@@ -166,6 +169,7 @@ def grpc_batch(whatart: Whatart, service: Service, files: list[Path]) -> Answers
         seconds=report["seconds"],
         latencies_ms=[line["took_ms"] for line in lines if "took_ms" in line],
         top_ids={line["file"]: (line["matches"][0]["id"] if line.get("matches") else None) for line in lines},
+        decided_by=dict(Counter(line["decided_by"] for line in lines if "decided_by" in line)),
     )
 
 

@@ -58,7 +58,8 @@ class Calibration:
     """stage (EARLY_STAGES) -> when it may answer; a stage missing here never does."""
 
     @classmethod
-    def default(cls, min_inliers: int, early: EarlyAnswer) -> Calibration:
+    def default(cls, min_inliers: int, early: EarlyAnswer = NEVER) -> Calibration:
+        """Uncalibrated: `early` for every stage before verification (none by default)."""
         return cls(min_inliers, DEFAULT_SLOPE, -DEFAULT_SLOPE * math.log1p(min_inliers - 0.5), "default (not calibrated)",
                    dict.fromkeys(EARLY_STAGES, early))
 
@@ -80,7 +81,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, directory: Path, default_min_inliers: int, default_early: EarlyAnswer) -> Calibration:
+    def load(cls, directory: Path, default_min_inliers: int, default_early: EarlyAnswer = NEVER) -> Calibration:
         """The stored calibration; a file from before the cascade (no early answers) keeps
         its inlier calibration and gets the default early thresholds."""
         path = directory / CALIBRATION_FILE
