@@ -29,15 +29,23 @@ class FeatureExtractor:
     """ORB on a grey image scaled to at most `max_side` pixels. OpenCV objects are not
     thread-safe, so each call creates its own detector (cheap)."""
 
-    def __init__(self, max_side: int = 512, n_features: int = 500) -> None:
+    def __init__(self, max_side: int = 512, n_features: int = 500, keep: int | None = None) -> None:
         self.max_side = max_side
         self.n_features = n_features
+        self.keep = keep
+        """keep only this many keypoints, the strongest (None: all)"""
+
+    @classmethod
+    def for_gallery(cls) -> FeatureExtractor:
+        """What ingest stores per artwork: the GALLERY_KEYPOINTS strongest keypoints."""
+        return cls(keep=GALLERY_KEYPOINTS)
 
     @property
     def description(self) -> str:
         """Pins how features are extracted: an index whose stored features were extracted
         differently cannot be verified against (the index manifest records this)."""
-        return (f"orb n={self.n_features} side={self.max_side} fast={list(FAST_THRESHOLDS)}>={ENOUGH_KEYPOINTS} "
+        kept = f" keep={self.keep} strongest" if self.keep else ""
+        return (f"orb n={self.n_features}{kept} side={self.max_side} fast={list(FAST_THRESHOLDS)}>={ENOUGH_KEYPOINTS} "
                 f"fill<={FILL_LEVEL}+{FILL_MARGIN_PX}px colour=lab6@{colour_signature.SIDE}")
 
     def extract(self, image: Image.Image) -> LocalFeatures:
@@ -55,10 +63,16 @@ class FeatureExtractor:
             keypoints, descriptors = detector.detectAndCompute(pixels, mask)
             if len(keypoints) >= ENOUGH_KEYPOINTS:
                 break
-        return LocalFeatures(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors,
+        strongest = np.argsort([-k.response for k in keypoints], kind="stable")[: self.keep]
+        points = np.float32([keypoints[i].pt for i in strongest]).reshape(-1, 2)
+        return LocalFeatures(points, descriptors[strongest] if descriptors is not None else None,
                              colour_signature.signature(colours, mask))
 
 
+GALLERY_KEYPOINTS = 256
+"""Measured on 150 photo-protocol queries against their paintings (README): keeping the 256
+strongest of ~450 verified the same 95.3 % at 20 inliers (median 112 inliers instead of
+124), no wrong pair reached 20, and the stored features shrink from ~15.6 to ~8.8 KB."""
 FAST_THRESHOLDS = (10, 5, 2)
 ENOUGH_KEYPOINTS = 150
 FILL_LEVEL = 12

@@ -46,7 +46,7 @@ def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> N
     """Refuse to search an index with embeddings from a different model, or local features
     extracted differently from how this version extracts a photo's."""
     differences = gallery.manifest.model.differences(served.identity)
-    expected = FeatureExtractor().description
+    expected = FeatureExtractor.for_gallery().description
     if gallery.manifest.local_features != expected:
         differences.append(f"local features: {gallery.manifest.local_features!r} != {expected!r}")
     if differences:

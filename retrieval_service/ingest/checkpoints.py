@@ -46,7 +46,7 @@ class Checkpoints:
     def for_run(cls, index_dir: Path, identity: ModelIdentity, source: GallerySource, blurs: tuple[float, ...], add: bool) -> Checkpoints:
         """A run's folder is keyed by what determines its contents, so a rerun with other
         settings does not mix its artworks with stale ones."""
-        key = json.dumps([asdict(identity), source.name, list(blurs), FeatureExtractor().description, add], sort_keys=True)
+        key = json.dumps([asdict(identity), source.name, list(blurs), FeatureExtractor.for_gallery().description, add], sort_keys=True)
         return cls(index_dir / WORK_FOLDER / hashlib.sha256(key.encode()).hexdigest()[:16])
 
     def paths(self) -> list[Path]:

@@ -50,7 +50,7 @@ class ChunkEncoder:
 
     def __init__(self, encoder: TritonEncoder, served: ServedModel, settings: Settings, pool: ThreadPoolExecutor) -> None:
         self.encoder, self.served, self.settings, self.pool = encoder, served, settings, pool
-        self.extractor = FeatureExtractor()
+        self.extractor = FeatureExtractor.for_gallery()
         self.slots = asyncio.Semaphore(settings.ingest_concurrency)
 
     def _prepare_batch(self, artworks: list[Artwork]) -> Chunk:

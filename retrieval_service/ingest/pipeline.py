@@ -66,7 +66,7 @@ def current_gallery(index_dir: Path, identity: ModelIdentity, source: GallerySou
         return None
     manifest = found.manifest
     if (manifest.model, manifest.source, manifest.count, tuple(manifest.gallery_blurs), manifest.local_features, manifest.backend) == (
-        identity, source.name, source.total, settings.gallery_blurs, FeatureExtractor().description, settings.index_backend
+        identity, source.name, source.total, settings.gallery_blurs, FeatureExtractor.for_gallery().description, settings.index_backend
     ):
         return found
     found.close()
@@ -115,7 +115,7 @@ async def ingest(
                                          settings.duplicate_similarity)
             plan = settings.index_plan(len(new) * len(settings.gallery_blurs), served.identity.dim)
             version_dir = await asyncio.to_thread(
-                publish, index_dir, served.identity, new, vectors, features, FeatureExtractor().description,
+                publish, index_dir, served.identity, new, vectors, features, FeatureExtractor.for_gallery().description,
                 settings.gallery_blurs, source.name, plan, milvus=settings.milvus_target(),
             )
             count = len(new)
