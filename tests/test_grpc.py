@@ -35,6 +35,7 @@ def test_identify_gives_the_same_answer_as_rest(service: ServiceEndpoints, met_i
     assert [[m[f] for f in fields] for m in answer["matches"]] == [[m[f] for f in fields] for m in rest["matches"]]
     assert (answer["in_gallery"], answer["confidence"], answer["model"]) == (rest["in_gallery"], rest["confidence"], rest["model"])
     assert set(answer["timings_ms"]) == set(rest["timings_ms"])
+    assert answer["decided_by"] == rest["decided_by"] == "embedding", "the painting itself: its embedding decides"
 
 
 def test_identify_refuses_bad_input_with_a_status_that_names_it(service: ServiceEndpoints, met_images: list[Path]) -> None:
