@@ -35,7 +35,7 @@ def _describe_top(result: dict) -> str:
         f"**{match['artist'] or 'Unknown artist'}** · {match['date'] or 'undated'}\n\n"
         f"Genre: {match['genre'] or UNKNOWN} · Style / department: {match['style'] or UNKNOWN}\n\n"
         f"Confidence **{result['confidence']:.0%}** · similarity {match['score']:.3f} · "
-        f"{match['inliers'] or 0} matching points · id `{match['id']}` · {result['took_ms']:.0f} ms"
+        f"{_evidence(result, match)} · id `{match['id']}` · {result['took_ms']:.0f} ms"
     )
     guesses = " · ".join(
         f"{task}: {ranked[0]['label']} ({ranked[0]['probability']:.0%})"
@@ -43,6 +43,15 @@ def _describe_top(result: dict) -> str:
     )
     card += f"\n\nThe photo looks like — {guesses}" if guesses else f"\n\n{NO_HEADS}"
     return card if result["in_gallery"] else f"**{NOT_IN_GALLERY}**\n\n{card}"
+
+
+def _evidence(result: dict, match: dict) -> str:
+    """What settled the answer: the embedding alone, with the photo's crops, or matching points."""
+    if result.get("decided_by") == "embedding":
+        return "recognised from its embedding"
+    if result.get("decided_by") == "views":
+        return "recognised from the photo and its centre crops"
+    return f"{match['inliers'] or 0} matching points"
 
 
 def _caption(rank: int, match: dict) -> str:
