@@ -74,7 +74,7 @@ def test_the_views_stage_answers_when_the_embedding_may_not(index: Path, triton:
 
 def test_verification_decides_when_no_early_stage_may(index: Path, triton: TritonEndpoints, met_images: list[Path]) -> None:
     _calibrate(index, {})
-    present, absent = asyncio.run(_identify(index, triton, [_photo(met_images[7]), abstract_painting(seed=11)]))
+    present, absent = asyncio.run(_identify(index, triton, [met_images[7].read_bytes(), abstract_painting(seed=11)]))
     assert present.decided_by == VERIFIED and present.matches[0].artwork.id == f"met-{met_images[7].stem}"
     assert present.matches[0].inliers >= 20 and present.in_gallery and "verify" in present.timings_ms
     assert absent.decided_by == VERIFIED and not absent.in_gallery
