@@ -95,7 +95,8 @@ def retrieval_report(outcomes: Sequence[Outcome]) -> RetrievalReport:
         latency_p50_ms=float(np.percentile(latencies, 50)),
         latency_p95_ms=float(np.percentile(latencies, 95)),
         failures=[
-            {"id": o.query.artwork.id, "got": o.answer.matches[0].artwork.id if o.answer.matches else None, "rank": o.rank}
+            {"id": o.query.artwork.id, "got": o.answer.matches[0].artwork.id if o.answer.matches else None, "rank": o.rank,
+             "decided_by": o.answer.decided_by}
             for o in outcomes if o.rank != 1
         ],
     )
