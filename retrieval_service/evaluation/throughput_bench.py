@@ -90,7 +90,7 @@ def _answers_figures(answers: service_bench.Answers, expected: dict[str, str]) -
     }
 
 
-def _write_queries(artworks: list[Artwork], protocol: str, folder: Path) -> dict[str, str]:
+def write_queries(artworks: list[Artwork], protocol: str, folder: Path) -> dict[str, str]:
     """The protocol's query of each artwork as a JPEG file in `folder`: path -> artwork id."""
     folder.mkdir(parents=True)
     expected = {}
@@ -144,7 +144,7 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
     }
     with tempfile.TemporaryDirectory(prefix="whatart-bench-queries-") as scratch:
         log.info("writing the %s queries of %d works", " and ".join(PROTOCOLS), len(queries))
-        expected = {protocol: _write_queries(queries, protocol, Path(scratch) / protocol) for protocol in PROTOCOLS}
+        expected = {protocol: write_queries(queries, protocol, Path(scratch) / protocol) for protocol in PROTOCOLS}
         loop = _seed_loop(request, figures, expected["seed"], sharp, gallery_ids, identity)
         _encoder(request, figures, [Path(path) for path in expected["seed"]], graph, precision, model)
         _service(request, figures, expected, loop.images / loop.seconds)
