@@ -92,11 +92,15 @@ def build_scaled_index(real: Gallery, n: int, out_dir: Path, settings: Settings,
             "version": str(version)}
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise ScaleInputError(f"no VmRSS for process {pid} (is /proc mounted?)")
+def _memory_mb(pid: int) -> dict[str, float]:
+    """The process's resident memory (VmRSS), and how much of it is its own (RssAnon) and
+    pages of mapped files (RssFile: the memory-mapped index, reclaimable by the kernel)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    try:
+        return {name: round(int(fields[key].split()[0]) / 1024, 1)
+                for name, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
+    except KeyError as missing:
+        raise ScaleInputError(f"no {missing} for process {pid} in /proc (is /proc mounted?)") from None
 
 
 def _disk_mb(directory: Path) -> float:
@@ -126,12 +130,14 @@ def run_scale_bench(request: ScaleRequest, settings: Settings) -> dict[str, obje
             try:
                 answers = {protocol: service_bench.rest_requests(service.address, [Path(p) for p in truth], 1)
                            for protocol, truth in expected.items()}
-                figures["service_rss_mb"] = _rss_mb(service.process.pid)
+                memory = _memory_mb(service.process.pid)
             finally:
                 service.stop()
     finally:
         if request.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    figures.update(service_rss_mb=memory["rss"], service_rss_anon_mb=memory["anon"], service_rss_file_mb=memory["file"],
+                   decided_by={protocol: answer.decided_by for protocol, answer in answers.items()})
     latencies = [ms for answer in answers.values() for ms in answer.latencies_ms]
     figures["top1"] = {protocol: round(sum(answers[protocol].top_ids.get(path) == artwork_id for path, artwork_id in truth.items())
                                        / len(truth), 4) for protocol, truth in expected.items()}

@@ -185,13 +185,15 @@ def rest_requests(service: Service, files: list[Path], in_flight: int) -> Answer
 
         identify(files[0])  # warm-up: connection, first-request allocations
 
-        def one(path: Path) -> tuple[str, float, str | None]:
+        def one(path: Path) -> tuple[str, float, str | None, str]:
             begun = time.perf_counter()
             answer = identify(path)
-            return str(path), (time.perf_counter() - begun) * 1e3, (answer["matches"][0]["id"] if answer["matches"] else None)
+            top = answer["matches"][0]["id"] if answer["matches"] else None
+            return str(path), (time.perf_counter() - begun) * 1e3, top, answer["decided_by"]
 
         started = time.perf_counter()
         with ThreadPoolExecutor(in_flight) as pool:
             results = list(pool.map(one, files))
         seconds = time.perf_counter() - started
-    return Answers(len(files), seconds, [ms for _, ms, _ in results], {path: top for path, _, top in results})
+    return Answers(len(files), seconds, [ms for _, ms, _, _ in results], {path: top for path, _, top, _ in results},
+                   decided_by=dict(Counter(stage for _, _, _, stage in results)))
