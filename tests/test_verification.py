@@ -85,7 +85,7 @@ def test_retrieval_report_counts_ranks() -> None:
     outcomes = [_outcome(True, 30, correct=True), _outcome(True, 30, correct=False)]
     report = harness.retrieval_report(outcomes)
     assert (report.top1, report.top5, report.map5) == (0.5, 0.5, 0.5)
-    assert report.failures == [{"id": "t", "got": "other", "rank": None}]
+    assert report.failures == [{"id": "t", "got": "other", "rank": None, "decided_by": "verified"}]
 
 
 @pytest.mark.parametrize("protocol", ["seed", "photo"])
