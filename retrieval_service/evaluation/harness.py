@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -40,12 +41,30 @@ class Outcome:
         return ids.index(self.query.artwork.id) + 1 if self.query.artwork.id in ids else None
 
 
-def make_queries(protocol: str, artworks: Sequence[Artwork], in_gallery: bool, seed: int) -> list[Query]:
-    queries = []
+RETRIEVAL_PROTOCOLS = ("seed", "photo")
+"""the protocols whose queries are all of works in the gallery"""
+
+
+def query_bytes(protocol: str, artworks: Sequence[Artwork], seed: int) -> Iterator[bytes]:
+    """The protocol's query of each artwork, in order (query i is drawn with index i)."""
     for index, artwork in enumerate(artworks):
         with Image.open(artwork.image_path) as image:
-            queries.append(Query(artwork, in_gallery, make_query(protocol, image, seed, index)))
-    return queries
+            yield make_query(protocol, image, seed, index)
+
+
+def make_queries(protocol: str, artworks: Sequence[Artwork], in_gallery: bool, seed: int) -> list[Query]:
+    return [Query(artwork, in_gallery, data) for artwork, data in zip(artworks, query_bytes(protocol, artworks, seed), strict=True)]
+
+
+def write_queries(protocol: str, artworks: Sequence[Artwork], seed: int, folder: Path) -> dict[str, str]:
+    """The protocol's queries as JPEG files in `folder` (for clients that send files): path -> artwork id."""
+    folder.mkdir(parents=True)
+    expected = {}
+    for number, (artwork, data) in enumerate(zip(artworks, query_bytes(protocol, artworks, seed), strict=True)):
+        path = folder / f"{number:06d}.jpg"
+        path.write_bytes(data)
+        expected[str(path)] = artwork.id
+    return expected
 
 
 def sample(artworks: Sequence[Artwork], n: int, seed: int) -> list[Artwork]:

@@ -25,8 +25,7 @@ import numpy as np
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation import service_bench
 from whatart.retrieval_service.evaluation.distractors import EmbeddingModel, fidelity
-from whatart.retrieval_service.evaluation.harness import sample
-from whatart.retrieval_service.evaluation.throughput_bench import PROTOCOLS, write_queries
+from whatart.retrieval_service.evaluation.harness import RETRIEVAL_PROTOCOLS, sample, write_queries
 from whatart.retrieval_service.features.local_features import LocalFeatures
 from whatart.retrieval_service.identify.calibration import CALIBRATION_FILE
 from whatart.retrieval_service.index.gallery import Gallery
@@ -89,7 +88,7 @@ def build_scaled_index(real: Gallery, n: int, out_dir: Path, settings: Settings,
                       f"{manifest.source} + {extra} distractors", plan, carried_files=carried)
     return {"real_works": len(artworks), "distractors": extra, "index": plan.factory, "calibration_carried": bool(carried),
             "build_s": round(time.perf_counter() - started, 1), "fidelity": fidelity(model, vectors[:, 0], seed=seed),
-            "version": str(version)}
+            "version": str(version), "index_disk_mb": _disk_mb(version)}
 
 
 def _memory_mb(pid: int) -> dict[str, float]:
@@ -109,38 +108,36 @@ def _disk_mb(directory: Path) -> float:
 
 def run_scale_bench(request: ScaleRequest, settings: Settings) -> dict[str, object]:
     real = Gallery.load(request.index_dir)
+    work = request.work_dir or Path(tempfile.mkdtemp(prefix="whatart-scale-"))
     try:
-        if request.n < len(real):
-            raise ScaleInputError(f"--n {request.n} is below the {len(real)} real works of {request.index_dir}: ask for more")
-        known = [a for a in real.metadata.in_row_order() if Path(a.image_path).is_file()]
-        if len(known) < request.queries:
-            raise ScaleInputError(f"only {len(known)} works of {request.index_dir} have their image on disk for queries; "
-                                  f"ask for --queries {len(known)} or fewer")
-        work = request.work_dir or Path(tempfile.mkdtemp(prefix="whatart-scale-"))
-        built = build_scaled_index(real, request.n, work / "index", settings, request.seed)
-    finally:
-        real.close()
-    figures: dict[str, object] = {"n": request.n, **built, "index_disk_mb": _disk_mb(Path(str(built["version"])))}
-    queried = sample(known, request.queries, request.seed)
-    try:
+        try:
+            if request.n < len(real):
+                raise ScaleInputError(f"--n {request.n} is below the {len(real)} real works of {request.index_dir}: ask for more")
+            known = [a for a in real.metadata.in_row_order() if Path(a.image_path).is_file()]
+            if len(known) < request.queries:
+                raise ScaleInputError(f"only {len(known)} works of {request.index_dir} have their image on disk for queries; "
+                                      f"ask for --queries {len(known)} or fewer")
+            built = build_scaled_index(real, request.n, work / "index", settings, request.seed)
+        finally:
+            real.close()
+        queried = sample(known, request.queries, request.seed)
         with tempfile.TemporaryDirectory(prefix="whatart-scale-queries-") as scratch:
-            expected = {protocol: write_queries(queried, protocol, Path(scratch) / protocol) for protocol in PROTOCOLS}
-            service = service_bench.ServiceProcess(request.whatart, work / "index", request.triton_url, "cascade")
-            service.start()
-            try:
+            expected = {protocol: write_queries(protocol, queried, request.seed, Path(scratch) / protocol)
+                        for protocol in RETRIEVAL_PROTOCOLS}
+            with service_bench.running_service(request.whatart, work / "index", request.triton_url, "cascade") as service:
                 answers = {protocol: service_bench.rest_requests(service.address, [Path(p) for p in truth], 1)
                            for protocol, truth in expected.items()}
                 memory = _memory_mb(service.process.pid)
-            finally:
-                service.stop()
     finally:
-        if request.work_dir is None:
+        if request.work_dir is None:  # a temporary gallery of a million works is ~10 GB: never left behind
             shutil.rmtree(work, ignore_errors=True)
-    figures.update(service_rss_mb=memory["rss"], service_rss_anon_mb=memory["anon"], service_rss_file_mb=memory["file"],
-                   decided_by={protocol: answer.decided_by for protocol, answer in answers.items()})
     latencies = [ms for answer in answers.values() for ms in answer.latencies_ms]
-    figures["top1"] = {protocol: round(sum(answers[protocol].top_ids.get(path) == artwork_id for path, artwork_id in truth.items())
-                                       / len(truth), 4) for protocol, truth in expected.items()}
-    figures.update(p50_ms=round(float(np.percentile(latencies, 50)), 1), p99_ms=round(float(np.percentile(latencies, 99)), 1),
-                   queries_per_protocol=len(queried))
-    return figures
+    return {
+        "n": request.n, **built,
+        "service_rss_mb": memory["rss"], "service_rss_anon_mb": memory["anon"], "service_rss_file_mb": memory["file"],
+        "decided_by": {protocol: answer.decided_by for protocol, answer in answers.items()},
+        "top1": {protocol: round(sum(answers[protocol].top_ids.get(path) == artwork_id for path, artwork_id in truth.items())
+                                 / len(truth), 4) for protocol, truth in expected.items()},
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1), "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "queries_per_protocol": len(queried),
+    }

@@ -116,12 +116,12 @@ def _new_log_file() -> Path:
 
 
 @contextmanager
-def running_service(whatart: Whatart, index_dir: Path, triton_url: str, mode: str) -> Iterator[Service]:
+def running_service(whatart: Whatart, index_dir: Path, triton_url: str, mode: str) -> Iterator[ServiceProcess]:
     """A started ServiceProcess until the block ends."""
     service = ServiceProcess(whatart, index_dir, triton_url, mode)
     try:
         service.start()
-        yield service.address
+        yield service
     finally:
         service.stop()
     service.log_file.unlink()  # kept only when the bench failed, for its error to point at
@@ -152,9 +152,11 @@ def run_batch_command(command: list[str]) -> dict:
     """Run a `batch_command` to its end; its JSON summary (answered, failed, seconds, ...).
     Exit 1 (some images unavailable) still has a summary; anything else is a ClientFailed."""
     finished = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    if finished.returncode not in (0, 1):
-        raise ClientFailed(f"`whatart identify --batch` exited with {finished.returncode}: {finished.stderr[-2000:]}")
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    summary = finished.stdout.strip().splitlines()
+    if finished.returncode not in (0, 1) or not summary:
+        raise ClientFailed(f"`whatart identify --batch` exited with {finished.returncode} without its summary: "
+                           f"{finished.stderr[-2000:] or 'nothing on stderr'}")
+    return json.loads(summary[-1])
 
 
 def grpc_batch(whatart: Whatart, service: Service, files: list[Path]) -> Answers:

@@ -24,17 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from whatart.export.packaged import PACKAGED_ENCODERS
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.evaluation import encoder_bench, service_bench
-from whatart.retrieval_service.evaluation.harness import sample
+from whatart.retrieval_service.evaluation.harness import RETRIEVAL_PROTOCOLS, sample, write_queries
 from whatart.retrieval_service.evaluation.index_bench import real_embeddings
-from whatart.retrieval_service.evaluation.protocols import make_query
 from whatart.retrieval_service.evaluation.seed_loop import run_seed_loop
 from whatart.retrieval_service.images import decode_image, to_model_input
 from whatart.retrieval_service.index.gallery import Gallery
-from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.ingest.sources import open_source
 from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
@@ -52,7 +49,6 @@ ONNXRUNTIME_BATCHES = (1, 16)
 MAX_PIXELS = 50_000_000
 SAMPLE_SEED = 0
 """which images of the CSV are identified, and their distortions: the same ones on every run"""
-PROTOCOLS = ("seed", "photo")
 
 
 @dataclass(frozen=True)
@@ -88,18 +84,6 @@ def _answers_figures(answers: service_bench.Answers, expected: dict[str, str]) -
         **_latency(answers.latencies_ms),
         "top1": round(correct / len(expected), 4),
     }
-
-
-def write_queries(artworks: list[Artwork], protocol: str, folder: Path) -> dict[str, str]:
-    """The protocol's query of each artwork as a JPEG file in `folder`: path -> artwork id."""
-    folder.mkdir(parents=True)
-    expected = {}
-    for number, artwork in enumerate(artworks):
-        path = folder / f"{number:06d}.jpg"
-        with Image.open(artwork.image_path) as image:
-            path.write_bytes(make_query(protocol, image, SAMPLE_SEED, number))
-        expected[str(path)] = artwork.id
-    return expected
 
 
 def _check_enough(in_index: int, sampled: int, request: ThroughputRequest) -> None:
@@ -143,8 +127,8 @@ def run_throughput_bench(request: ThroughputRequest) -> dict[str, object]:
         "gallery": {"index": str(request.index_dir), "artworks": len(gallery_ids), "model": identity.name, "dim": identity.dim},
     }
     with tempfile.TemporaryDirectory(prefix="whatart-bench-queries-") as scratch:
-        log.info("writing the %s queries of %d works", " and ".join(PROTOCOLS), len(queries))
-        expected = {protocol: write_queries(queries, protocol, Path(scratch) / protocol) for protocol in PROTOCOLS}
+        log.info("writing the %s queries of %d works", " and ".join(RETRIEVAL_PROTOCOLS), len(queries))
+        expected = {protocol: write_queries(protocol, queries, SAMPLE_SEED, Path(scratch) / protocol) for protocol in RETRIEVAL_PROTOCOLS}
         loop = _seed_loop(request, figures, expected["seed"], sharp, gallery_ids, identity)
         _encoder(request, figures, [Path(path) for path in expected["seed"]], graph, precision, model)
         _service(request, figures, expected, loop.images / loop.seconds)
@@ -193,7 +177,8 @@ def _encoder(request: ThroughputRequest, figures: dict, paths: list[Path], graph
 def _service(request: ThroughputRequest, figures: dict, expected: dict[str, dict[str, str]], loop_rate: float) -> None:
     log.info("3/3 the service (the cascade): batch over gRPC and REST one at a time, on each protocol's queries")
     figures["batch"], figures["rest_single"] = {}, {}
-    with service_bench.running_service(request.whatart, request.index_dir, request.triton_url, "cascade") as service:
+    with service_bench.running_service(request.whatart, request.index_dir, request.triton_url, "cascade") as process:
+        service = process.address
         for protocol, truth in expected.items():
             stream = service_bench.grpc_batch(request.whatart, service, [Path(path) for path in truth])
             single_truth = dict(list(truth.items())[: request.single_n])

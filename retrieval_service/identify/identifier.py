@@ -122,28 +122,31 @@ class Identifier:
         timings = {"decode": time.perf_counter() - started}
         shortlist = max(k, self.settings.rerank_candidates, self.settings.rerank_extended)
         seen: dict[str, StageEvidence] = {}
-        # forced verification encodes every view at once; the others start with the plain photo
-        embeddings, probabilities = await self._encode(np.concatenate([plain, others]) if self.mode == "verified" else plain, timings)
-        first_depth = {"global": k, "cascade": max(k, 2) if len(others) else max(shortlist, 2)}.get(self.mode, 2)
-        ranked = await self._search(embeddings[:1], first_depth, where, timings)
-        seen[EMBEDDING] = evidence(ranked)
-        if self.mode == "global":
-            top = seen[EMBEDDING].top
-            decision = EMBEDDING, _unverified(ranked), top >= self.settings.global_min_similarity, min(max(top, 0.0), 1.0)
-        elif self.mode == "cascade" and self._certain(EMBEDDING, seen):
-            decision = self._early(EMBEDDING, ranked)
-        else:
-            if self.mode == "cascade" and len(others):
-                more, more_probabilities = await self._encode(others, timings)
-                embeddings = np.concatenate([embeddings, more])
-                probabilities = {task: np.concatenate([probabilities[task], more_probabilities[task]]) for task in probabilities}
-            if len(embeddings) > 1 or self.mode == "verified":
-                ranked = await self._search(embeddings, shortlist, where, timings)
+        if self.mode == "verified":  # every view in one request; the plain view's search only records what it saw
+            embeddings, probabilities = await self._encode(np.concatenate([plain, others]), timings)
+            seen[EMBEDDING] = evidence(await self._search(embeddings[:1], 2, where, timings))
+            ranked = await self._search(embeddings, shortlist, where, timings)
             seen[VIEWS] = evidence(ranked)
-            if self.mode == "cascade" and self._certain(VIEWS, seen):
-                decision = self._early(VIEWS, ranked)
+            decision = await self._verified(photo, ranked, timings)
+        else:
+            embeddings, probabilities = await self._encode(plain, timings)
+            # without other views to come, this search is also the shortlist verification may need
+            depth = k if self.mode == "global" else max(k, 2) if len(others) else max(shortlist, 2)
+            ranked = await self._search(embeddings, depth, where, timings)
+            seen[EMBEDDING] = evidence(ranked)
+            if self.mode == "global":
+                top = seen[EMBEDDING].top
+                decision = EMBEDDING, _unverified(ranked), top >= self.settings.global_min_similarity, min(max(top, 0.0), 1.0)
+            elif self._certain(EMBEDDING, seen):
+                decision = self._early(EMBEDDING, ranked)
             else:
-                decision = await self._verified(photo, ranked, timings)
+                if len(others):
+                    more, more_probabilities = await self._encode(others, timings)
+                    embeddings = np.concatenate([embeddings, more])
+                    probabilities = {task: np.concatenate([probabilities[task], more_probabilities[task]]) for task in probabilities}
+                    ranked = await self._search(embeddings, shortlist, where, timings)
+                seen[VIEWS] = evidence(ranked)
+                decision = self._early(VIEWS, ranked) if self._certain(VIEWS, seen) else await self._verified(photo, ranked, timings)
         stage, candidates, in_gallery, confidence = decision
         return Identification(
             matches=candidates[:k],
