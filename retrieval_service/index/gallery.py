@@ -4,6 +4,7 @@ vectors searched through a vector store, its metadata, local features read on de
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import faiss
@@ -40,8 +41,8 @@ class Gallery:
         self.metadata = metadata
         # memory-mapped: start-up stays fast and only the pages of verified candidates are read
         self._offsets = np.load(directory / FEATURE_OFFSETS)
-        self._points = np.load(directory / FEATURE_POINTS, mmap_mode="r")
-        self._descriptors = np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r")
+        self._points = _random_access(np.load(directory / FEATURE_POINTS, mmap_mode="r"))
+        self._descriptors = _random_access(np.load(directory / FEATURE_DESCRIPTORS, mmap_mode="r"))
         self._colours = np.load(directory / FEATURE_COLOURS)
         self.embeddings = np.load(directory / EMBEDDINGS, mmap_mode="r")
         """float16 [artworks, views, dim], memory-mapped."""
@@ -158,3 +159,13 @@ class Gallery:
     def close(self) -> None:
         self.vectors.close()
         self.metadata.close()
+
+
+def _random_access(array: np.memmap) -> np.memmap:
+    """Fault in only the pages a candidate's features are on. By default each fault reads
+    ahead (8 MB on the benchmark host) and maps whole huge pages: verifying ~2,600 candidates
+    of a 10^6-work index mapped 5.6 GB of its 9 GB of features into the service."""
+    if array.size:  # an empty array is not mapped
+        array._mmap.madvise(mmap.MADV_RANDOM)
+    return array
+
