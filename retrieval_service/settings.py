@@ -52,13 +52,31 @@ class Settings:
     # count but wait instead (a stream runs up to 16 at once): 32 leaves room for
     # interactive requests beside one batch job.
     max_pending: int = 32
+    # ...of which IdentifyStream items may hold at most this many, all streams together,
+    # taking turns (one item per stream in turn): unary callers always have the rest.
+    max_stream_pending: int = 16
     default_k: int = 5
     max_k: int = 100
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # Images longer than this many times their width (or wider than tall) are refused (400):
+    # a painting's photo is not a 1-pixel strip, and every stage can handle up to this.
+    max_image_aspect_ratio: float = 20.0
+    # Pixels being decoded at once, all requests together: a decode that would exceed it
+    # waits its turn (a small PNG can declare a 50-megapixel canvas: ~150 MB to decode).
+    max_decoding_pixels: int = 100_000_000
+    # Slow clients: a request's headers must arrive within the first, its body within the
+    # second (seconds, from the end of its headers), or the connection is closed (408).
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 60.0
     # Triton: host:port of its gRPC endpoint, or a comma-separated list of replicas, over
     # which requests are spread (triton/encoder.py; README, "Scaling out").
     triton_url: str = "127.0.0.1:8001"
+    # Triton's control and inference APIs need this key (triton/access_key.py); when unset,
+    # `whatart triton` and every whatart client of Triton share the one in triton_api_key_file,
+    # made on first use (mode 0600).
+    triton_api_key: str = dataclasses.field(default="", repr=False)
+    triton_api_key_file: Path = Path(".whatart/triton-api-key")
     triton_timeout_s: float = 30.0
     triton_wait_s: float = 120.0
     # A Triton that cannot be reached (restarting) is tried again after each wait; then the
@@ -153,7 +171,8 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        positive = ["port", "grpc_port", "reload_check_s", "max_pending", "default_k", "max_k", "max_upload_bytes", "max_image_pixels",
+        positive = ["port", "grpc_port", "reload_check_s", "max_pending", "max_stream_pending", "default_k", "max_k", "max_upload_bytes",
+                    "max_image_pixels", "max_decoding_pixels", "request_header_timeout_s", "request_body_timeout_s",
                     "triton_timeout_s", "ingest_batch_size", "ingest_concurrency", "ingest_checkpoint_every", "ui_port",
                     "index_memory_mb", "index_exact_max_vectors"]
         for name in positive:
@@ -189,6 +208,13 @@ class Settings:
                                 f"{self.default_early_similarity} and {self.default_early_margin}")
         if not 0 < self.duplicate_similarity <= 1:
             raise SettingsError(f"duplicate_similarity must be in (0, 1], got {self.duplicate_similarity}")
+        if self.max_stream_pending > self.max_pending:
+            raise SettingsError(f"max_stream_pending ({self.max_stream_pending}) exceeds max_pending ({self.max_pending})")
+        if self.max_decoding_pixels < self.max_image_pixels:
+            raise SettingsError(f"max_decoding_pixels ({self.max_decoding_pixels:,}) is below max_image_pixels "
+                                f"({self.max_image_pixels:,}): the largest accepted image could never be decoded")
+        if self.max_image_aspect_ratio < 1:
+            raise SettingsError(f"max_image_aspect_ratio must be at least 1, got {self.max_image_aspect_ratio}")
         if self.default_k > self.max_k:
             raise SettingsError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
         return self
