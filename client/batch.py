@@ -5,7 +5,8 @@ Triton's dynamic batcher fills its batches). Each answer is appended to the JSON
 as it arrives, with the image's path, and flushed: a killed job loses nothing already
 written, and running it again skips every file the output already answers (a line torn by
 the kill is cut off first), so no image is answered twice. Images refused because Triton
-was unavailable are not written: the next run asks again.
+was unavailable are not written: the next run asks again. A file over the upload limit is
+not sent (it could end the stream for every image still in it): it gets its error line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.index.metadata import MetadataFilter
+from whatart.retrieval_service.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 
@@ -76,7 +78,9 @@ def answered_files(out: Path) -> set[str]:
 
 
 def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, show_progress: bool = True,
-              where: MetadataFilter | None = None) -> BatchReport:
+              where: MetadataFilter | None = None, max_bytes: int = Settings.max_upload_bytes) -> BatchReport:
+    """`max_bytes`: files larger than this are answered here with an error, never sent
+    (the service's WHATART_MAX_UPLOAD_BYTES; the client reads the same setting)."""
     started = time.perf_counter()
     done = answered_files(out)
     pending = [path for path in files if str(path) not in done]
@@ -84,10 +88,15 @@ def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, s
 
     def requests() -> Iterator[tuple[str, bytes]]:
         for position, path in enumerate(pending):
+            data = b""  # for a file not sent: the service refuses it, and the reason is recorded below
             try:
-                data = path.read_bytes()
+                size = path.stat().st_size
+                if size > max_bytes:
+                    unreadable[str(position)] = (f"{path} is {size:,} bytes; the service accepts images of up to {max_bytes:,} "
+                                                 "(WHATART_MAX_UPLOAD_BYTES)")
+                else:
+                    data = path.read_bytes()
             except OSError as error:
-                data = b""  # the service refuses it, and the reason is recorded below
                 unreadable[str(position)] = f"cannot read {path}: {error.strerror}"
             yield str(position), data
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.access_key import triton_api_key
 from whatart.retrieval_service.triton.model_contract import ModelIdentity
 from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess, is_ready
 
@@ -109,6 +110,7 @@ def run_demo(settings: Settings, index_dir: Path) -> int:
             metrics_port=settings.triton_metrics_port,
             work_dir=WORK_DIR / "triton",
             models=(exported.identity.name,),
+            api_key=triton_api_key(settings),
         ),
         log_path=WORK_DIR / "triton.log",
     )
@@ -117,6 +119,7 @@ def run_demo(settings: Settings, index_dir: Path) -> int:
     # explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal: Triton, in a session of its own, would not hear it
     try:
         triton.start(timeout_s=settings.triton_wait_s)
         _ensure_demo_gallery(settings, exported.identity)

@@ -2,6 +2,8 @@
 
 It talks to the service over HTTP like any other client, fetches the match images through
 the service too (so it works behind a share link where the service is not reachable).
+Gradio keeps uploads and the images it serves under GRADIO_TEMP_DIR (default /tmp/gradio):
+a photo is deleted as soon as it has been read for the service, the rest by CACHE_CLEANUP.
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a self-hosted demo
 
 import gradio as gr  # noqa: E402
+from gradio.data_classes import ImageData  # noqa: E402
 from PIL import Image  # noqa: E402
+from pillow_heif import register_heif_opener  # noqa: E402
 from whatart.client.rest_client import ServiceError, WhatartClient  # noqa: E402
 from whatart.retrieval_service.settings import Settings  # noqa: E402
 
+register_heif_opener()  # gr.Image opens each upload with PIL, phones' HEIC photos too
 log = logging.getLogger(__name__)
 
 UNKNOWN = "—"
+NOT_AN_IMAGE = "This file is not an image whatart can read: send a JPEG, PNG, WebP, GIF, TIFF, BMP or HEIC photo."
+PHOTO_GONE = "This photo is no longer on the server (whatart deletes each one once it has read it): upload it again."
+NO_SERVICE = "The whatart service is not answering: upload the photo again in a moment."
+CACHE_CLEANUP = (600, 600)
+"""Gradio's delete_cache (frequency, age in seconds): every 10 min, its temp files older than
+10 min go (the match images it served, photos never identified); all of them at shutdown."""
 
 
 NOT_IN_GALLERY = "Not in the gallery — closest works:"
@@ -54,11 +65,37 @@ def _evidence(result: dict, match: dict) -> str:
     return f"{match['inliers'] or 0} matching points"
 
 
+def photo_input(**options: object) -> gr.Image:
+    """gr.Image whose unreadable uploads get one plain message instead of PIL's error, which
+    names the server's temp path. Its `preprocess` is wrapped on the instance: a subclass of a
+    Gradio component makes Gradio write a .pyi stub next to this module at import."""
+    photo = gr.Image(**options)
+    preprocess = photo.preprocess
+
+    def friendly(payload: ImageData | None) -> str | None:
+        try:
+            return preprocess(payload)
+        except FileNotFoundError:
+            raise gr.Error(PHOTO_GONE) from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            if payload and payload.path:
+                Path(payload.path).unlink(missing_ok=True)  # nothing to retry with
+            raise gr.Error(NOT_AN_IMAGE) from None
+
+    photo.preprocess = friendly  # type: ignore[method-assign]
+    return photo
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.3g} MB"
+
+
 def _caption(rank: int, match: dict) -> str:
     return f"{rank}. {match['title'] or 'Untitled'} — {match['artist'] or 'Unknown'} ({match['score']:.3f})"
 
 
-def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
+def build_ui(client: WhatartClient, default_k: int, max_k: int, max_upload_bytes: int,
+             cache_cleanup: tuple[int, int] = CACHE_CLEANUP) -> gr.Blocks:
     def fetch_image(match: dict) -> Image.Image | None:
         try:
             return Image.open(io.BytesIO(client.artwork_image(match["image_url"])))
@@ -69,9 +106,18 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
     def identify(photo: str | None, k: float):
         if not photo:
             return None, "", [], "Upload, paste or take a photo of an artwork first."
+        path = Path(photo)
         try:
-            result = client.identify_file(Path(photo), int(k))
+            image = path.read_bytes()
+            path.unlink()  # the photo is the visitor's: it leaves the server once read
+        except FileNotFoundError:  # the same file, uploaded and identified at once elsewhere
+            raise gr.Error(PHOTO_GONE) from None
+        try:
+            result = client.identify(image, int(k), filename=path.name)
         except ServiceError as error:
+            if error.status is None:
+                log.warning("%s", error)
+                return None, "", [], f"**Could not identify this image.** {NO_SERVICE}"
             return None, "", [], f"**Could not identify this image.** {error}"
         matches = result["matches"]
         if not matches:
@@ -81,11 +127,15 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
         status = f"{len(matches)} matches from model {result['model']} in {result['took_ms']:.0f} ms."
         return fetch_image(top), _describe_top(result), [o for o in others if o[0]], status
 
-    with gr.Blocks(title="whatart") as ui:
-        gr.Markdown("# whatart\nPhotograph or upload a painting: whatart finds it in the gallery.")
+    limit = _megabytes(max_upload_bytes)
+    with gr.Blocks(title="whatart", delete_cache=cache_cleanup) as ui:
+        gr.Markdown(f"# whatart\nPhotograph or upload a painting (up to {limit}): whatart finds it in the gallery. "
+                    "Your photo is deleted from this server as soon as it has been sent for identification.")
         with gr.Row():
             with gr.Column():
-                photo = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Your photo")
+                # image_mode=None: the upload is passed on as it is, never copied in another mode
+                photo = photo_input(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
+                                   label=f"Your photo (up to {limit})", elem_id="photo")
                 k = gr.Slider(1, max_k, value=default_k, step=1, label="Matches to show")
                 button = gr.Button("Identify", variant="primary", elem_id="identify")
             with gr.Column():
@@ -101,11 +151,11 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int) -> gr.Blocks:
 
 def launch(settings: Settings, share: bool = False) -> None:
     client = WhatartClient(settings.server_url, token=settings.api_token)
-    ui = build_ui(client, settings.default_k, min(settings.max_k, 20))
+    ui = build_ui(client, settings.default_k, min(settings.max_k, 20), settings.max_upload_bytes)
     ui.queue(default_concurrency_limit=8)
-    ui.launch(
+    ui.launch(  # show_error=False: an unexpected exception shows as a bare "Error", never its text
         server_name=settings.ui_host, server_port=settings.ui_port, share=share,
-        prevent_thread_lock=True, show_error=True, quiet=True,
+        prevent_thread_lock=True, show_error=False, quiet=True, max_file_size=settings.max_upload_bytes,
     )
     log.info("UI on http://%s:%d (service %s)", settings.ui_host, settings.ui_port, settings.server_url)
     if share:

@@ -23,6 +23,7 @@ from whatart.retrieval_service.evaluation.protocols import make_query
 from whatart.retrieval_service.features.views import query_views
 from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.access_key import triton_api_key
 from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
 from whatart.retrieval_service.triton.model_contract import ModelIdentity
 
@@ -55,7 +56,7 @@ async def encode_photo_copies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors [m, dim], row ids [m]): `copies` photo-like copies of each artwork
     (by row id), one vector per centre-crop view of the service's settings."""
-    encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, model))
+    encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, model, triton_api_key(settings)))
     try:
         return await _encode(artworks, identity, copies, encoder, settings.query_crops, settings.ingest_concurrency)
     finally:

@@ -1,24 +1,37 @@
 """Logs as text for people or as JSON lines for log pipelines (WHATART_LOG_FORMAT), each
 record carrying the request id of the request it was written for.
 
-The id is the client's `X-Request-ID` (REST) or `request_id` (gRPC), else a new one, and is
-echoed in the response, so one answer can be followed through the logs of every process.
+The id is the client's `X-Request-ID` (REST) or `request_id` (gRPC) when it is safe to log
+(safe_request_id), else a new one, and is echoed in the response, so one answer can be
+followed through the logs of every process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 """Set where a request enters (api.py middleware, grpc_api); asyncio tasks and threads started
 for the request inherit it."""
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""What a client's request id may be: no newline or other character that could forge a log
+line or a header, and a bounded length (64: room for a UUID with a prefix)."""
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 _RECORD_ATTRIBUTES = {*vars(logging.makeLogRecord({})), "message", "asctime", "request_id"}
+
+
+def safe_request_id(given: str | None) -> str:
+    """The client's id when SAFE_REQUEST_ID matches it whole, else a new one."""
+    if given and SAFE_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex[:16]
 
 
 class _RequestIdFilter(logging.Filter):

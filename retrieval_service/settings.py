@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.images import MAX_ASPECT_RATIO
 from whatart.retrieval_service.index.milvus_store import MilvusConnection, MilvusTarget
 from whatart.retrieval_service.index.vector_index import IndexPlan, plan_index
 from whatart.retrieval_service.index.vector_store import BACKENDS, MILVUS
@@ -61,7 +62,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     # Images longer than this many times their width (or wider than tall) are refused (400):
     # a painting's photo is not a 1-pixel strip, and every stage can handle up to this.
-    max_image_aspect_ratio: float = 20.0
+    max_image_aspect_ratio: float = MAX_ASPECT_RATIO
     # Pixels being decoded at once, all requests together: a decode that would exceed it
     # waits its turn (a small PNG can declare a 50-megapixel canvas: ~150 MB to decode).
     max_decoding_pixels: int = 100_000_000

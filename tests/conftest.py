@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
-from tests.helpers import ServiceEndpoints, free_port, run_cli, served
+from tests.helpers import ServiceEndpoints, free_port, run_cli, served, triton_key
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ def triton_config(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
         grpc_port=free_port(),
         metrics_port=free_port(),
         work_dir=tmp_path_factory.mktemp("triton"),
+        api_key=triton_key(),  # the key `whatart serve` and `ingest` in the tests resolve too
     )
 
 

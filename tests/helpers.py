@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from PIL import Image, ImageDraw, ImageFilter
+from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.access_key import triton_api_key
+from whatart.retrieval_service.triton.encoder import KeyHeader
 from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 WHATART = str(Path(sys.executable).with_name("whatart"))
@@ -28,6 +32,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def triton_key() -> str:
+    """The key of the tests' Triton servers: the one every `whatart` the tests start (same
+    working directory and environment) resolves, from .whatart/triton-api-key unless set."""
+    return triton_api_key(Settings.from_env())
+
+
+def triton_grpc(url: str) -> grpcclient.InferenceServerClient:
+    """A synchronous gRPC client of the tests' Triton at `url` that sends the key with every call."""
+    client = grpcclient.InferenceServerClient(url)
+    client.register_plugin(KeyHeader(triton_key()))
+    return client
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -124,7 +141,8 @@ def own_triton(model_repository: Path, work_dir: Path) -> Iterator[tuple[TritonP
     """A Triton of its own on `model_repository`, on free ports, its files and log under
     `work_dir`, until the block ends: (the process, to stop or restart; its gRPC address)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton")
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work_dir / "triton",
+                          api_key=triton_key())
     triton = TritonProcess(config, log_path=work_dir / "triton.log")
     try:
         triton.start()

@@ -20,7 +20,7 @@ from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.triton.encoder import TritonEncoder
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import abstract_painting
+from tests.helpers import abstract_painting, triton_key
 
 ANYTHING = EarlyAnswer(-1.0, 0.0, 0.97)
 """Answers every query (any similarity, any margin)."""
@@ -39,7 +39,7 @@ def _calibrate(index: Path, early: dict[str, EarlyAnswer]) -> None:
 
 
 async def _identify(index: Path, triton: TritonEndpoints, images: list[bytes], mode: str = "cascade") -> list[Identification]:
-    encoder = TritonEncoder(triton.grpc_url, "sscd")
+    encoder = TritonEncoder(triton.grpc_url, "sscd", api_key=triton_key())
     gallery = Gallery.load(index)
     try:
         identifier = Identifier(gallery, encoder, await encoder.served_model(), Settings(identify_mode=mode))

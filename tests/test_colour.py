@@ -18,7 +18,7 @@ from whatart.retrieval_service.settings import Settings
 from whatart.retrieval_service.triton.encoder import TritonEncoder
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import run_cli
+from tests.helpers import run_cli, triton_key
 
 TINTS = [(236, 232, 222), (226, 232, 240), (240, 226, 226), (228, 238, 226), (214, 205, 190), (196, 200, 206),
          (244, 240, 200), (230, 220, 236), (205, 214, 214), (250, 236, 196), (220, 200, 196), (200, 214, 200)]
@@ -64,7 +64,7 @@ def canvas_index(triton: TritonEndpoints, tmp_path_factory: pytest.TempPathFacto
 
 
 async def _top1(index: Path, triton: TritonEndpoints, settings: Settings) -> list[str]:
-    encoder = TritonEncoder(triton.grpc_url, "sscd")
+    encoder = TritonEncoder(triton.grpc_url, "sscd", api_key=triton_key())
     gallery = Gallery.load(index)
     try:
         identifier = Identifier(gallery, encoder, await encoder.served_model(), settings)

@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 from whatart.client.cli import build_parser
+from whatart.retrieval_service.triton.process import restriction_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+TRITON_KEY = "compose-test-key"
+"""WHATART_TRITON_API_KEY for `docker-compose config`: the file requires one from the environment."""
 EXPECTED_PORTS = {8000, 8001, 8002, 8080, 50051, 7860, 9090, 3000}
 PROFILES = {
     # profile -> (the services running whatart, the index volume); None: the default of .env
@@ -39,14 +42,19 @@ def _compose_binary() -> Path:
     return binary
 
 
-def _config(profile: str | None) -> dict:
+def _compose_config(profile: str | None, triton_key: str | None) -> subprocess.CompletedProcess:
     """`docker compose [--profile P] config`, as the compose CLI resolves it (.env included)."""
     selection = ["--profile", profile] if profile else []
-    result = subprocess.run(
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_PROFILES", "WHATART_TRITON_API_KEY")}
+    return subprocess.run(
         [str(_compose_binary()), "-f", str(COMPOSE_FILE), *selection, "config", "--format", "json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "COMPOSE_PROFILES"},
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env | ({"WHATART_TRITON_API_KEY": triton_key} if triton_key else {}),
     )
-    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+
+
+def _config(profile: str | None) -> dict:
+    result = _compose_config(profile, TRITON_KEY)
+    assert result.returncode == 0 and result.stdout, f"docker-compose config failed:\n{result.stderr}"
     return json.loads(result.stdout)
 
 
@@ -103,6 +111,20 @@ def test_triton_is_the_pinned_ngc_image_with_a_gpu(config: dict) -> None:
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
     export = config["services"]["export"]["command"]
     assert export[export.index("--flavour") + 1] == "gpu", "Triton's NGC image serves the gpu flavour"
+
+
+def test_triton_needs_the_key_that_ingest_and_the_service_send(profiled: tuple[str | None, dict]) -> None:
+    profile, config = profiled
+    services = config["services"]
+    assert set(restriction_flags(TRITON_KEY)) <= set(services["triton"]["command"])
+    for name in PROFILES[profile][0] - {"export", "ui"}:  # export writes files; the UI talks to the service only
+        assert services[name]["environment"]["WHATART_TRITON_API_KEY"] == TRITON_KEY, name
+
+
+def test_there_is_no_default_triton_key() -> None:
+    """A key in the committed files would be everyone's: compose refuses to run without one."""
+    result = _compose_config(None, None)
+    assert not result.stdout and "required variable WHATART_TRITON_API_KEY is missing a value" in result.stderr
 
 
 def test_third_party_images_are_pinned(profiled: tuple[str | None, dict]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from whatart.retrieval_service.triton.process import restriction_flags
 
 from tests.conftest import TritonEndpoints
 
@@ -68,6 +69,27 @@ def test_triton_probes_its_http_port() -> None:
     ready, live = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
     assert ready["path"] == "/v2/health/ready" and _container_port(container, ready["port"]) == 8000
     assert live["path"] == "/v2/health/live" and _container_port(container, live["port"]) == 8000
+
+
+def _check_key_from_the_secret(container: Doc) -> None:
+    """The container gets WHATART_TRITON_API_KEY from a key of a Secret in the manifests."""
+    (variable,) = [var for var in container.get("env", []) if var["name"] == "WHATART_TRITON_API_KEY"]
+    reference = variable["valueFrom"]["secretKeyRef"]
+    secret = _find("Secret", reference["name"])
+    assert reference["key"] in secret.get("stringData", {}) | secret.get("data", {})
+
+
+def test_triton_and_the_service_share_the_key_triton_restricts_its_apis_with() -> None:
+    """Everything but health and metadata needs the key: both get it from one Secret, and
+    Triton (here and under KServe) takes it through $(VAR) expansion in its arguments."""
+    flags = restriction_flags("$(WHATART_TRITON_API_KEY)")
+    triton = _container(_find("Deployment", "whatart-triton"))
+    assert set(flags) <= set(triton["args"])
+    kserve = _find("InferenceService", "whatart-encoder")["spec"]["predictor"]["model"]
+    assert set(flags) <= set(kserve["args"])
+    for container in (triton, kserve, _container(_find("Deployment", "whatart-service"))):
+        _check_key_from_the_secret(container)
+    assert _find("Secret", "whatart-triton-api-key")["stringData"]["key"] == "", "no key of its own in the repository"
 
 
 def test_hpa_scales_triton_on_the_adapter_metric() -> None:

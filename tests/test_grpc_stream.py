@@ -39,7 +39,7 @@ async def _stream(images: list[bytes]) -> list[whatart_pb2.IdentifyResponse]:
         for number, image in enumerate(images):
             yield whatart_pb2.IdentifyRequest(image=image, request_id=f"item-{number}")
 
-    service = IdentifierService(OneGallery().current, Admission(limit=4), Settings())
+    service = IdentifierService(OneGallery().current, Admission(limit=4, stream_limit=4), Settings())
     return [answer async for answer in service.IdentifyStream(requests(), context=None)]
 
 

@@ -31,7 +31,7 @@ from whatart.retrieval_service.triton.model_contract import (
     head_output_name,
 )
 
-from tests.helpers import json_lines, own_triton, run_cli
+from tests.helpers import json_lines, own_triton, run_cli, triton_grpc
 
 STYLES = ("Naïve Art (Primitivism)", 'The "Quoted" School', "Back\\slash Realism")
 GENRES = ("portrait", "landscape")
@@ -197,7 +197,7 @@ def test_triton_returns_the_embedding_and_both_heads_in_one_call(exported: Expor
     expected = [embedding, *_heads_session(exported).run(HEAD_OUTPUTS, {OUTPUT_NAME: embedding})]
     names = [OUTPUT_NAME, *HEAD_OUTPUTS]
     with own_triton(exported.model_dir.parent, tmp_path) as (_, triton_url):
-        client = grpcclient.InferenceServerClient(triton_url)
+        client = triton_grpc(triton_url)
         infer_input = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         infer_input.set_data_from_numpy(batch)
         result = client.infer("sscd-with-heads", [infer_input], outputs=[grpcclient.InferRequestedOutput(n) for n in names])

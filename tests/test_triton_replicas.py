@@ -14,12 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from whatart.retrieval_service.triton.encoder import EncoderUnavailable, TritonEncoder
 from whatart.retrieval_service.triton.process import TritonProcess
 
 from tests.conftest import TritonEndpoints
-from tests.helpers import own_triton, served
+from tests.helpers import own_triton, served, triton_grpc, triton_key
 
 MODEL = "sscd"
 
@@ -33,7 +32,7 @@ def second_triton(triton: TritonEndpoints, tmp_path: Path) -> Iterator[tuple[Tri
 
 def _executions(url: str) -> int:
     """Inferences Triton at `url` has run for the model (its own statistics)."""
-    with grpcclient.InferenceServerClient(url) as client:
+    with triton_grpc(url) as client:
         stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
     return int(stats.get("inference_count", 0))
 
@@ -50,7 +49,7 @@ def test_requests_spread_over_replicas_and_skip_one_that_is_down(triton: TritonE
 
     async def scenario() -> tuple[dict[str, int], float, dict[str, bool]]:
         # a gRPC target URI works as well as host:port (dns:///name:port spreads over every address of name)
-        encoder = TritonEncoder(f"dns:///{triton.grpc_url},{second}", MODEL, retry_waits_s=(5.0,))
+        encoder = TritonEncoder(f"dns:///{triton.grpc_url},{second}", MODEL, retry_waits_s=(5.0,), api_key=triton_key())
         before = {url: _executions(url) for url in (triton.grpc_url, second)}  # by host:port
         await encode_many(encoder, 32)
         spread = {url: _executions(url) - before[url] for url in before}
@@ -94,7 +93,7 @@ def test_replicas_serving_different_exports_are_refused(triton: TritonEndpoints,
                                   config_file.read_text()))
 
     async def describe(other: str) -> None:
-        encoder = TritonEncoder(f"{triton.grpc_url},{other}", MODEL)
+        encoder = TritonEncoder(f"{triton.grpc_url},{other}", MODEL, api_key=triton_key())
         try:
             await encoder.served_model()
         finally:
@@ -110,5 +109,5 @@ def test_the_one_encoder_is_found_through_a_list_of_replicas(triton: TritonEndpo
     from whatart.retrieval_service.triton.encoder import resolve_model, served_as
 
     listed = f"{triton.grpc_url},127.0.0.1:1"
-    assert asyncio.run(resolve_model(listed, None)) == MODEL
-    assert asyncio.run(served_as(listed, MODEL)) == MODEL, "the session's Triton serves no heads"
+    assert asyncio.run(resolve_model(listed, None, triton_key())) == MODEL
+    assert asyncio.run(served_as(listed, MODEL, triton_key())) == MODEL, "the session's Triton serves no heads"

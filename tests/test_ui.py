@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
+from whatart.client.rest_client import WhatartClient
+from whatart.client.ui import NOT_AN_IMAGE, build_ui
 
 from tests.helpers import WHATART, abstract_painting, distorted_copy, free_port, stop, wait_for_http
 
@@ -17,16 +25,40 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 
-@pytest.fixture(scope="module")
-def ui_url(service_url: str) -> str:
+SMALL_LIMIT = 2**20
+
+
+@contextmanager
+def _whatart_ui(service_url: str, temp_dir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`whatart ui` on a free port, its Gradio files under `temp_dir`, until the block ends."""
     port = free_port()
-    process = subprocess.Popen([WHATART, "ui", "--server", service_url, "--port", str(port)])
+    process = subprocess.Popen([WHATART, "ui", "--server", service_url, "--port", str(port)],
+                               env={**os.environ, "GRADIO_TEMP_DIR": str(temp_dir), **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url, process)
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def ui_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gradio-temp")
+
+
+@pytest.fixture(scope="module")
+def ui_url(service_url: str, ui_temp_dir: Path) -> str:
+    with _whatart_ui(service_url, ui_temp_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def small_limit_ui(service_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A page whose upload limit (WHATART_MAX_UPLOAD_BYTES) is 1 MiB: (its URL, its temp folder)."""
+    temp_dir = tmp_path_factory.mktemp("gradio-temp-small")
+    with _whatart_ui(service_url, temp_dir, {"WHATART_MAX_UPLOAD_BYTES": str(SMALL_LIMIT)}) as url:
+        yield url, temp_dir
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +99,74 @@ def test_a_work_outside_the_gallery_is_announced_as_such(browser, ui_url: str, t
     page = _upload(browser, ui_url, photo)
     expect(page.locator("#top-match")).to_contain_text("Not in the gallery — closest works:", timeout=60_000)
     page.screenshot(path=str(tmp_path / "ui-unknown.png"), full_page=True)
+
+
+def _files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def _assert_no_internals(text: str, temp_dir: Path) -> None:
+    for internal in ("/tmp", str(temp_dir), "gradio/", "Traceback", "UnidentifiedImageError", "cannot identify"):
+        assert internal not in text, f"the page shows {internal!r}: {text}"
+
+
+@pytest.mark.parametrize("name, content", [("notes.png", b"a text file, renamed\n" * 20),
+                                           ("noise.jpg", np.random.default_rng(1).bytes(5000))])
+def test_a_file_that_is_no_image_gets_a_plain_message(browser, ui_url: str, ui_temp_dir: Path, tmp_path: Path,
+                                                      name: str, content: bytes) -> None:
+    upload = tmp_path / name
+    upload.write_bytes(content)
+    page = _upload(browser, ui_url, upload)
+    expect(page.locator("body")).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
+    _assert_no_internals(page.locator("body").inner_text(), ui_temp_dir)
+    assert not [path for path in _files(ui_temp_dir) if path.name == name], "nothing to retry with: it is deleted"
+
+
+def test_a_photo_over_the_limit_is_refused_before_it_is_stored(browser, small_limit_ui: tuple[str, Path],
+                                                               tmp_path: Path) -> None:
+    url, temp_dir = small_limit_ui
+    photo = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (900, 900, 3), dtype=np.uint8)).save(photo)
+    assert photo.stat().st_size > SMALL_LIMIT
+    page = _upload(browser, url, photo)
+    expect(page.locator("body")).to_contain_text("Your photo (up to 1 MB)")
+    expect(page.locator("body")).to_contain_text("exceed the maximum allowed size of 1.0 Mb", timeout=30_000)
+    expect(page.locator("#top-match")).to_have_text("")
+    # a client other than the page's own script is refused by the server itself
+    response = httpx.post(f"{url}/gradio_api/upload", files={"files": ("big.png", photo.read_bytes())})
+    assert response.status_code == 413, response.text
+    assert not _files(temp_dir), "an oversized upload leaves nothing behind"
+
+
+def test_the_photo_leaves_the_server_once_identified(browser, ui_url: str, ui_temp_dir: Path,
+                                                     met_images: list[Path], tmp_path: Path) -> None:
+    photo = tmp_path / "visitor-photo.jpg"
+    photo.write_bytes(distorted_copy(met_images[0], np.random.default_rng(3)))
+    page = _upload(browser, ui_url, photo)
+    expect(page.locator("#status")).to_contain_text("matches from model", timeout=60_000)
+    assert not [path for path in _files(ui_temp_dir) if path.read_bytes() == photo.read_bytes()]
+    preview = page.locator("#photo img").first
+    assert preview.evaluate("image => image.naturalWidth") > 0, "the visitor still sees the photo sent"
+    page.locator("#identify").click()  # once more: it is gone, and the page says so plainly
+    expect(page.locator("body")).to_contain_text("upload it again", timeout=30_000)
+
+
+def test_gradio_removes_the_images_it_served(browser, service_url: str, met_images: list[Path],
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """delete_cache at work, with a 1 s age instead of CACHE_CLEANUP's 10 min."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    ui = build_ui(WhatartClient(service_url), 5, 20, SMALL_LIMIT, cache_cleanup=(1, 1))
+    ui.queue()
+    port = free_port()
+    ui.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(distorted_copy(met_images[1], np.random.default_rng(4)))
+        page = _upload(browser, f"http://127.0.0.1:{port}", photo)
+        expect(page.locator("#top-image img")).to_be_visible(timeout=60_000)
+        deadline = time.monotonic() + 15
+        while _files(tmp_path / "gradio") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _files(tmp_path / "gradio")
+    finally:
+        ui.close()

@@ -48,7 +48,8 @@ def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:
         raise BatchError("--batch takes its images from DIR|LIST and needs --out FILE (no other files)")
     files = batch_files(args.batch)
     with WhatartGrpcClient(args.grpc or f"127.0.0.1:{settings.grpc_port}", token=settings.api_token) as client:
-        report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress, where=_metadata_filter(args))
+        report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress, where=_metadata_filter(args),
+                           max_bytes=settings.max_upload_bytes)
     print(json.dumps({"files": report.files, "already_done": report.already_done, "answered": report.answered,
                       "failed": report.failed, "unavailable": report.unavailable, "seconds": round(report.seconds, 2),
                       "images_per_s": round(report.images_per_second, 1), "out": str(args.out)}))

@@ -15,6 +15,7 @@ from whatart.retrieval_service.settings import Settings, SettingsError
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.ingest.pipeline import ingest
     from whatart.retrieval_service.ingest.sources import RemoteOptions, open_source, parse_columns
+    from whatart.retrieval_service.triton.access_key import triton_api_key
     from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
 
     if args.limit is not None and args.limit <= 0:
@@ -26,7 +27,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     source = open_source(args.source, parse_columns(args.columns), remote)
 
     async def run() -> dict:
-        model = await resolve_model(settings.triton_url, args.model)
+        model = await resolve_model(settings.triton_url, args.model, triton_api_key(settings))
         encoder = TritonEncoder.from_settings(settings, model)
         try:
             report = await ingest(source, settings.index_dir, encoder, settings, add=args.add, show_progress=not args.no_progress)

@@ -25,13 +25,14 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.index_bench import BenchRequest, load_inputs, run_bench
+    from whatart.retrieval_service.triton.access_key import triton_api_key
     from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model
 
     request = BenchRequest(args.n, args.dim, args.queries, settings.index_kind, settings.index_memory_mb,
                            settings.index_exact_max_vectors, args.seed)
 
     async def inputs() -> tuple:
-        encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, args.model))
+        encoder = TritonEncoder.from_settings(settings, await resolve_model(settings.triton_url, args.model, triton_api_key(settings)))
         try:
             return await load_inputs(settings.index_dir, encoder, request, settings.max_image_pixels)
         finally:
@@ -43,12 +44,14 @@ def _bench_index(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.throughput_bench import ThroughputRequest, run_throughput_bench
+    from whatart.retrieval_service.triton.access_key import triton_api_key
 
     for name in ("n", "baseline_n", "single_n", "encoder_seconds"):
         if getattr(args, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     request = ThroughputRequest(
-        images_csv=args.images, index_dir=settings.index_dir, triton_url=settings.triton_url, model=args.model,
+        images_csv=args.images, index_dir=settings.index_dir, triton_url=settings.triton_url,
+        triton_api_key=triton_api_key(settings), model=args.model,
         model_repository=settings.model_repository, fp32_onnx=args.fp32_model, whatart=tuple(whatart_command()),
         n=args.n, baseline_n=args.baseline_n, single_n=args.single_n,
         encoder_seconds=args.encoder_seconds, weights=args.weights, random_seed=args.seed if args.random_weights else None,
@@ -82,12 +85,13 @@ def _bench_scale(args: argparse.Namespace, settings: Settings) -> int:
 def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.reliability_bench import SOURCE_WORKS, run_reliability
     from whatart.retrieval_service.ingest.sources import open_source
+    from whatart.retrieval_service.triton.access_key import triton_api_key
 
     if args.clients <= 0 or args.seconds <= 0:
         raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
     artworks = list(open_source(args.source).artworks)[:SOURCE_WORKS]
     print(json.dumps(run_reliability(whatart_command(), settings.model_repository, settings.index_dir, artworks, args.clients,
-                                     args.seconds, settings.max_upload_bytes)))
+                                     args.seconds, settings.max_upload_bytes, triton_api_key(settings))))
     return 0
 
 

@@ -76,6 +76,7 @@ def _train_head(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _triton(args: argparse.Namespace, settings: Settings) -> int:
+    from whatart.retrieval_service.triton.access_key import triton_api_key
     from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
     config = TritonConfig(
@@ -84,6 +85,7 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
         grpc_port=settings.triton_grpc_port,
         metrics_port=settings.triton_metrics_port,
         models=tuple(args.model or ()),
+        api_key=triton_api_key(settings),
     )
     triton = TritonProcess(config)
     stop_requested = []
@@ -92,8 +94,10 @@ def _triton(args: argparse.Namespace, settings: Settings) -> int:
         stop_requested.append(signum)
         triton.terminate()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # tritonserver runs in a session of its own (process.py): Ctrl-C and a closed terminal
+    # reach only this process, which stops it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, request_stop)
     triton.start(timeout_s=settings.triton_wait_s)
     print(f"Triton ready: HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
           f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops it)", flush=True)

@@ -102,18 +102,18 @@ def onnxruntime_rate(onnx_path: Path, pixels: np.ndarray, batch: int, seconds: f
     return Rate(batch, 1, images, round(images / (time.perf_counter() - started), 1))
 
 
-async def served_input_size(url: str, model: str) -> int:
-    encoder = TritonEncoder(url, model)
+async def served_input_size(url: str, api_key: str, model: str) -> int:
+    encoder = TritonEncoder(url, model, api_key=api_key)
     try:
         return (await encoder.served_model()).input_size
     finally:
         await encoder.close()
 
 
-async def triton_rate(url: str, model: str, pixels: np.ndarray, batch: int, in_flight: int, seconds: float) -> Rate:
+async def triton_rate(url: str, api_key: str, model: str, pixels: np.ndarray, batch: int, in_flight: int, seconds: float) -> Rate:
     """Requests of `batch` images, `in_flight` at a time, for `seconds`: Triton's dynamic
     batcher groups them as it would the service's."""
-    encoder = TritonEncoder(url, model)
+    encoder = TritonEncoder(url, model, api_key=api_key)
     batches = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
     try:
         await encoder.encode(batches[0])  # warm-up

@@ -163,7 +163,7 @@ def ingest_fault(whatart: Whatart, works: list[Artwork], work: Path, triton_url:
 
 
 def run_reliability(whatart: Whatart, model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int,
-                    seconds: float, max_upload_bytes: int) -> dict[str, object]:
+                    seconds: float, max_upload_bytes: int, triton_api_key: str) -> dict[str, object]:
     """The whole bench; its work folder (logs, batch results, the ingest's index) is removed
     on success and kept, with its path logged, when a part fails."""
     needed = max(BATCH_IMAGES, INGEST_WORKS)
@@ -175,7 +175,7 @@ def run_reliability(whatart: Whatart, model_repository: Path, index_dir: Path, a
     model = gallery.manifest.model.name
     gallery.close()
     work = Path(tempfile.mkdtemp(prefix="whatart-reliability-"))
-    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton")
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton", api_key=triton_api_key)
     triton = TritonProcess(config, log_path=work / "triton.log")
     triton_url = f"127.0.0.1:{config.grpc_port}"
     service = ServiceProcess(whatart, index_dir, triton_url, "verified", log_file=work / "service.log")

@@ -23,6 +23,7 @@ from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.ingest.pipeline import current_gallery, ingest
 from whatart.retrieval_service.ingest.sources import GallerySource, open_source
 from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.access_key import triton_api_key
 from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_model, served_as
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
     source = open_source(source_spec)
     if calibrate:  # every stage for every query: what the early answers are fitted on
         settings = dataclasses.replace(settings, identify_mode="verified")
-    model = await resolve_model(settings.triton_url, model)
+    api_key = triton_api_key(settings)
+    model = await resolve_model(settings.triton_url, model, api_key)
     encoder = TritonEncoder.from_settings(settings, model)  # embeddings for the galleries
-    identifying = TritonEncoder.from_settings(settings, await served_as(settings.triton_url, model))  # + heads, if served
+    identifying = TritonEncoder.from_settings(settings, await served_as(settings.triton_url, model, api_key))  # + heads, if served
     measured: dict[str, dict] = {}
     results: dict[str, object] = {
         "gallery": source.name, "artworks": len(source.artworks), "model": model, "query_seed": seed,

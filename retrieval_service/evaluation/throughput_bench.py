@@ -20,7 +20,7 @@ import logging
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class ThroughputRequest:
     images_csv: str
     index_dir: Path
     triton_url: str
+    triton_api_key: str = field(repr=False)
     model: str | None
     """Triton model; None: the index's"""
     model_repository: Path
@@ -155,11 +156,11 @@ def _seed_loop(request: ThroughputRequest, figures: dict, expected: dict[str, st
 
 def _encoder(request: ThroughputRequest, figures: dict, paths: list[Path], graph: Path, precision: str, model: str) -> None:
     log.info("2/3 encoder alone")
-    size = asyncio.run(encoder_bench.served_input_size(request.triton_url, model))
+    size = asyncio.run(encoder_bench.served_input_size(request.triton_url, request.triton_api_key, model))
     pixels = np.stack([to_model_input(decode_image(p.read_bytes(), MAX_PIXELS), size) for p in paths[:ENCODER_PIXEL_IMAGES]])
     onnxruntime = [encoder_bench.onnxruntime_rate(graph, pixels, batch, request.encoder_seconds)
                    for batch in ONNXRUNTIME_BATCHES]
-    triton = [asyncio.run(encoder_bench.triton_rate(request.triton_url, model, pixels, batch, in_flight,
+    triton = [asyncio.run(encoder_bench.triton_rate(request.triton_url, request.triton_api_key, model, pixels, batch, in_flight,
                                                     request.encoder_seconds)) for batch, in_flight in TRITON_LOADS]
     limit = encoder_bench.fp32_limit(graph, size)
     best_triton = max(rate.images_per_s for rate in triton)

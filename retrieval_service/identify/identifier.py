@@ -27,7 +27,8 @@ from whatart.retrieval_service.identify.answer import EMBEDDING, VERIFIED, VIEWS
 from whatart.retrieval_service.identify.calibration import Calibration, EarlyAnswer
 from whatart.retrieval_service.identify.search_batcher import SearchBatcher
 from whatart.retrieval_service.identify.verifier import ShortlistVerifier
-from whatart.retrieval_service.images import decode_image
+from whatart.retrieval_service.fair_slots import FairSlots
+from whatart.retrieval_service.images import decode_image, decoding_pixels
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.layout import GalleryError
 from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter
@@ -84,16 +85,22 @@ class Identifier:
         if self.mode == "global" and several_views and not sharp_only:
             log.info("global mode searches every gallery view: the index (%s) has no exact sharp-view copy", gallery.vectors.description)
         self.searches = SearchBatcher(gallery, sharp_only=sharp_only)
+        self.decoding = FairSlots(settings.max_decoding_pixels)
+        """pixels being decoded at once: a burst of huge canvases takes turns instead of memory"""
         if self.mode == "cascade":
             log.info("cascade: early answers %s (%s)", {s: (e.min_similarity, e.min_margin) for s, e in self.calibration.early.items()},
                      self.calibration.source)
 
+    @property
+    def _draft_size(self) -> int:
+        """The size the photo is used at: the model input in global mode, the local features'
+        otherwise (it may be verified). Decoding stops there where the format allows."""
+        return self.served.input_size if self.mode == "global" else self.extractor.max_side
+
     def _prepare(self, data: bytes) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-        """The decoded photo, its plain view and its other views as model inputs. JPEG
-        decoding stops at the size the photo is used at: the model input in global mode,
-        the local features' otherwise (it may be verified)."""
+        """The decoded photo, its plain view and its other views as model inputs."""
         settings, size = self.settings, self.served.input_size
-        photo = decode_image(data, settings.max_image_pixels, size if self.mode == "global" else self.extractor.max_side)
+        photo = decode_image(data, settings.max_image_pixels, self._draft_size, settings.max_image_aspect_ratio)
         plain = query_views(photo, size, rotations=(0.0,), crops=())
         if self.mode == "global":
             return photo, plain, plain[:0]
@@ -118,7 +125,9 @@ class Identifier:
     async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None) -> Identification:
         """`where`: identify among the artworks whose metadata pass this filter only."""
         started = time.perf_counter()
-        photo, plain, others = await asyncio.to_thread(self._prepare, data)
+        pixels = await asyncio.to_thread(decoding_pixels, data, self._draft_size)
+        async with self.decoding.held(pixels):
+            photo, plain, others = await asyncio.to_thread(self._prepare, data)
         timings = {"decode": time.perf_counter() - started}
         shortlist = max(k, self.settings.rerank_candidates, self.settings.rerank_extended)
         seen: dict[str, StageEvidence] = {}

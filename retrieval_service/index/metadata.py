@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,6 +41,8 @@ FILTER_FIELDS = ("artist", "genre", "style")
 
 
 MAX_FILTER_CHARS = 1000
+UNPRINTABLE = ("Cc", "Cs")
+"""Unicode categories refused in filters: C0, DEL and C1 controls, and lone surrogates."""
 
 
 class FilterError(WhatartError, ValueError):
@@ -70,8 +73,8 @@ class MetadataFilter:
                 raise FilterError(f"the {name} filter is empty: leave it out to search every {name}")
             if len(value) > MAX_FILTER_CHARS:
                 raise FilterError(f"the {name} filter is {len(value):,} characters; at most {MAX_FILTER_CHARS:,} are accepted")
-            if any(ord(char) < 32 for char in value):
-                raise FilterError(f"the {name} filter contains control characters")
+            if any(unicodedata.category(char) in UNPRINTABLE for char in value):
+                raise FilterError(f"the {name} filter contains control characters (or lone surrogates)")
         return self
 
     def conditions(self) -> dict[str, str]:

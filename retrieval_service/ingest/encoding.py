@@ -27,16 +27,14 @@ CHUNKS_IN_FLIGHT = 2
 previous one's last requests finish, and memory stays bounded."""
 
 
-def _prepare(
-    artwork: Artwork, size: int, max_pixels: int, blurs: tuple[float, ...], extractor: FeatureExtractor
-) -> tuple[list[np.ndarray], LocalFeatures]:
+def _prepare(artwork: Artwork, size: int, settings: Settings, extractor: FeatureExtractor) -> tuple[list[np.ndarray], LocalFeatures]:
     """The artwork's model inputs (one per gallery view) and its local features."""
     try:
         data = Path(artwork.image_path).read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read {artwork.image_path}: {error.strerror}") from None
-    image = decode_image(data, max_pixels, draft_size=extractor.max_side)
-    return gallery_views(image, size, blurs), extractor.extract(image)
+    image = decode_image(data, settings.max_image_pixels, extractor.max_side, settings.max_image_aspect_ratio)
+    return gallery_views(image, size, settings.gallery_blurs), extractor.extract(image)
 
 
 def _batches(artworks: Iterable[Artwork], size: int) -> Iterator[list[Artwork]]:
@@ -57,8 +55,7 @@ class ChunkEncoder:
         chunk = Chunk()
         for artwork in artworks:
             try:
-                views, features = _prepare(artwork, self.served.input_size, self.settings.max_image_pixels,
-                                           self.settings.gallery_blurs, self.extractor)
+                views, features = _prepare(artwork, self.served.input_size, self.settings, self.extractor)
             except ImageError as error:
                 chunk.skipped.append((artwork.id, str(error)))
                 continue

@@ -1,8 +1,10 @@
 """Who may call the APIs: an optional bearer token for everything but probes.
 
-With `WHATART_API_TOKEN` set, every REST route under /v1 and every call of the gRPC
-Identifier service needs `Authorization: Bearer <token>`; /health, /metrics, the gRPC
-health service and reflection stay open for probes and scrapers. Tokens are compared in
+With `WHATART_API_TOKEN` set, every REST route under /v1, the API's documentation (/docs,
+/redoc, /openapi.json: they describe what a caller could do) and every call of the gRPC
+Identifier service need `Authorization: Bearer <token>` (the scheme in any case, as HTTP
+says); /health, /metrics, the gRPC health service and reflection stay open for probes and
+scrapers. Tokens are compared in
 constant time and never logged. Without a token the service is open, which is why it
 binds to 127.0.0.1 unless told otherwise.
 """
@@ -13,16 +15,22 @@ import hmac
 
 BEARER = "Bearer "
 PROTECTED_REST_PREFIX = "/v1/"
+DOCUMENTATION_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 PROTECTED_GRPC_PREFIX = "/whatart.v1."
+
+
+def protected_rest_path(path: str) -> bool:
+    return path.startswith(PROTECTED_REST_PREFIX) or path in DOCUMENTATION_PATHS
 
 
 def authorised(header: str | None, token: str) -> bool:
     """Whether an Authorization header value carries `token` (always true without one)."""
     if not token:
         return True
-    if not header or not header.startswith(BEARER):
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != BEARER.strip().lower():
         return False
-    return hmac.compare_digest(header[len(BEARER):].encode(), token.encode())
+    return hmac.compare_digest(credentials.strip().encode(errors="surrogateescape"), token.encode())
 
 
 def refusal(header: str | None) -> str:

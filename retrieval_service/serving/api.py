@@ -4,7 +4,6 @@ its lifespan also runs the gRPC API (grpc_api) on the same Identifier."""
 from __future__ import annotations
 
 import logging
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,8 +17,8 @@ from whatart.retrieval_service.identify.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.metadata import MAX_RESULTS, Artwork, ArtworkQuery, FilterError, MetadataFilter
-from whatart.retrieval_service.log_format import REQUEST_ID
-from whatart.retrieval_service.serving.access import PROTECTED_REST_PREFIX, authorised, refusal
+from whatart.retrieval_service.log_format import REQUEST_ID, safe_request_id
+from whatart.retrieval_service.serving.access import authorised, protected_rest_path, refusal
 from whatart.retrieval_service.serving.admission import RETRY_AFTER_S as BUSY_RETRY_AFTER_S
 from whatart.retrieval_service.serving.admission import Admission, Overloaded
 from whatart.retrieval_service.serving.grpc_api import GrpcServer
@@ -31,6 +30,13 @@ from whatart.retrieval_service.triton.encoder import ServedModel, TritonEncoder
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_RETRY_AFTER_S = "5"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+"""What a body may hold beyond the image: the form's boundaries, headers and small fields."""
+YEARS = (-100_000, 10_000)
+"""The years /v1/artworks accepts (every integer must fit SQLite's 64 bits; these fit art)."""
+MAX_OFFSET = 1_000_000_000
+SHOWN_INPUT_CHARS = 20
+"""How much of an invalid parameter an error message repeats."""
 
 
 def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> FastAPI:
@@ -50,24 +56,30 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
             await grpc_server.stop()
             await encoder.close()
 
-    admission = Admission(settings.max_pending)
+    admission = Admission(settings.max_pending, settings.max_stream_pending)
     app = FastAPI(title="whatart", version="0.1.0", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
 
     @app.middleware("http")
     async def request_id_and_limits(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = safe_request_id(request.headers.get("x-request-id"))
         REQUEST_ID.set(request_id)
         length = request.headers.get("content-length")
         authorisation = request.headers.get("authorization")
-        if request.url.path.startswith(PROTECTED_REST_PREFIX) and not authorised(authorisation, settings.api_token):
+        if protected_rest_path(request.url.path) and not authorised(authorisation, settings.api_token):
             response = _error(401, refusal(authorisation), {"WWW-Authenticate": "Bearer"})
-        elif length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-            response = _error(413, f"the upload is {int(length):,} bytes; the limit is {settings.max_upload_bytes:,}")
+        elif length and length.isascii() and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
+            response = _error(413, f"the upload is {int(length):,} bytes; the limit is {settings.max_upload_bytes:,}",
+                              {"Connection": "close"})
         else:
             response = await call_next(request)
         response.headers["x-request-id"] = request_id
         return response
+
+    @app.exception_handler(413)
+    async def too_large(request: Request, error: Exception) -> JSONResponse:
+        return _error(413, f"the request body exceeds the limit of {settings.max_upload_bytes:,} bytes for the image "
+                           f"(+ {MULTIPART_OVERHEAD_BYTES // 1024} KiB for the form)", {"Connection": "close"})
 
     @app.exception_handler(ImageError)
     async def image_error(request: Request, error: ImageError) -> JSONResponse:
@@ -103,7 +115,10 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         }
         return JSONResponse(body, status_code=200 if triton_ready else 503)
 
-    @app.post("/v1/identify")
+    # max_body_size: FastAPI counts the body while it streams in (chunked too) and stops at the
+    # limit (413, too_large above), before the multipart parser spools more of it to disk.
+    # No other route reads a body; a declared length over the limit is refused for all (above).
+    @app.post("/v1/identify", max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     async def identify(
         request: Request,
         image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF (first frame), TIFF, BMP or HEIC")] = None,
@@ -138,11 +153,12 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         artist: str | None = None,
         style: str | None = None,
         genre: str | None = None,
-        year_from: int | None = None,
-        year_to: int | None = None,
+        year_from: Annotated[int | None, Query(ge=YEARS[0], le=YEARS[1])] = None,
+        year_to: Annotated[int | None, Query(ge=YEARS[0], le=YEARS[1])] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 20,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> JSONResponse:
+        MetadataFilter.of(artist=artist, genre=genre, style=style)  # the same checks as identify's filters
         query = ArtworkQuery(q, artist, style, genre, year_from, year_to, limit, offset)
         total, found = (await current(request)).gallery.metadata.search(query)
         return JSONResponse({"total": total, "limit": limit, "offset": offset, "artworks": [a.public() for a in found]})
@@ -163,15 +179,16 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
 
 
 def _parse_k(raw: str | None, settings: Settings) -> int:
+    """k from a form or query string: ASCII digits only (Python's int() would also take
+    "5_0", " 5" and other scripts' digits)."""
     if raw is None or raw == "":
         return settings.default_k
-    try:
-        k = int(raw)
-    except ValueError:
-        raise HTTPException(422, f"k must be an integer between 1 and {settings.max_k}, got {raw!r}") from None
-    if not 1 <= k <= settings.max_k:
-        raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
-    return k
+    if not (raw.isascii() and raw.isdigit()):
+        shown = raw[:SHOWN_INPUT_CHARS] + ("…" if len(raw) > SHOWN_INPUT_CHARS else "")
+        raise HTTPException(422, f"k must be an integer between 1 and {settings.max_k}, got {shown!r}")
+    if len(raw) > len(str(settings.max_k)) or not 1 <= int(raw) <= settings.max_k:
+        raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {raw[:SHOWN_INPUT_CHARS]}")
+    return int(raw)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

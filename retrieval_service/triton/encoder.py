@@ -14,13 +14,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 from whatart.retrieval_service import metrics
 from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.settings import Settings, replica_urls
+from whatart.retrieval_service.triton.access_key import GRPC_KEY_HEADER, triton_api_key
 from whatart.retrieval_service.triton.model_contract import (
     HEAD_TASKS,
     INPUT_NAME,
@@ -31,6 +34,9 @@ from whatart.retrieval_service.triton.model_contract import (
     head_output_name,
     heads_model_name,
 )
+
+if TYPE_CHECKING:
+    from tritonclient._request import Request
 
 
 class EncoderUnavailable(DependencyUnavailable):
@@ -64,6 +70,9 @@ class ServedModel:
 
 UNREACHABLE = "StatusCode.UNAVAILABLE"
 """tritonclient's status when no connection could be made (Triton down or restarting)"""
+REFUSED = "This protocol is restricted"
+"""How Triton's answer to a call without the right key begins; its status is UNREACHABLE too."""
+WRONG_KEY = "it refused whatart's key (set WHATART_TRITON_API_KEY to the key Triton was started with)"
 PASSED_OVER_S = 2.0
 """How long a replica that could not be reached goes to the back of the queue."""
 READY_TIMEOUT_S = 2.0
@@ -81,6 +90,33 @@ CHANNEL_OPTIONS = [
 log = logging.getLogger(__name__)
 
 
+class KeyHeader(InferenceServerClientPlugin):
+    """Sends the key with every call of the client it is registered on: Triton refuses its
+    restricted APIs without it (access_key.py)."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    def __call__(self, request: Request) -> None:
+        request.headers[GRPC_KEY_HEADER] = self.api_key
+
+
+def triton_client(url: str, api_key: str, **options: object) -> grpcclient.InferenceServerClient:
+    """An asyncio gRPC client of Triton at `url` that sends the key with every call."""
+    client = grpcclient.InferenceServerClient(url, **options)
+    client.register_plugin(KeyHeader(api_key))
+    return client
+
+
+def _refused(error: InferenceServerException) -> bool:
+    return REFUSED in (error.message() or "")
+
+
+def _why(error: InferenceServerException) -> str:
+    """What Triton's error says, the key named when that is why it refused."""
+    return WRONG_KEY if _refused(error) else error.message()
+
+
 @dataclass
 class _Replica:
     url: str
@@ -91,21 +127,24 @@ class _Replica:
 
 
 class TritonEncoder:
-    def __init__(self, url: str, model_name: str, timeout_s: float = 30.0, retry_waits_s: tuple[float, ...] = ()) -> None:
-        """`url`: host:port of Triton's gRPC endpoint, or a comma-separated list of replicas."""
+    def __init__(self, url: str, model_name: str, timeout_s: float = 30.0, retry_waits_s: tuple[float, ...] = (), *,
+                 api_key: str) -> None:
+        """`url`: host:port of Triton's gRPC endpoint, or a comma-separated list of replicas;
+        `api_key`: what Triton's restricted APIs ask for (access_key.py)."""
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.retry_waits_s = retry_waits_s
         """when no replica can be reached, all are tried again after each of these waits, then given up on"""
-        self._replicas = [_Replica(replica, grpcclient.InferenceServerClient(replica, channel_args=CHANNEL_OPTIONS))
+        self._replicas = [_Replica(replica, triton_client(replica, api_key, channel_args=CHANNEL_OPTIONS))
                           for replica in replica_urls(url)]
 
     @classmethod
     def from_settings(cls, settings: Settings, model_name: str) -> TritonEncoder:
         """The encoder the service, ingest and the tools use: the configured replicas, timeout
         and retry waits (a Triton restart costs a wait, not a failure)."""
-        return cls(settings.triton_url, model_name, settings.triton_timeout_s, settings.triton_retry_waits_s)
+        return cls(settings.triton_url, model_name, settings.triton_timeout_s, settings.triton_retry_waits_s,
+                   api_key=triton_api_key(settings))
 
     def _by_preference(self) -> list[_Replica]:
         """Every replica once: reachable before recently unreachable, then fewest in flight, then least used."""
@@ -153,9 +192,8 @@ class TritonEncoder:
         try:
             response = await replica.client.get_model_config(self.model_name, as_json=True)
         except InferenceServerException as error:
-            raise EncoderUnavailable(
-                f"Triton at {replica.url} does not serve model {self.model_name!r}: {error.message()}"
-            ) from None
+            raise EncoderUnavailable(f"Triton at {replica.url}: {WRONG_KEY}" if _refused(error) else
+                                     f"Triton at {replica.url} does not serve model {self.model_name!r}: {error.message()}") from None
         config = response["config"]
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         height, width, _ = (int(d) for d in config["input"][0]["dims"])
@@ -199,8 +237,8 @@ class TritonEncoder:
                 try:
                     return await self._infer_at(replica, infer_input, outputs, names)
                 except InferenceServerException as error:
-                    if error.status() != UNREACHABLE:  # only a connection failure is worth another try
-                        raise EncoderUnavailable(f"Triton at {replica.url} failed to encode: {error.message()}") from None
+                    if error.status() != UNREACHABLE or _refused(error):  # only a connection failure is worth another try
+                        raise EncoderUnavailable(f"Triton at {replica.url} failed to encode: {_why(error)}") from None
                     replica.unreachable_until = time.monotonic() + PASSED_OVER_S
                     last = f"{replica.url}: {error.message()}"
             if wait_s is None:
@@ -227,15 +265,15 @@ class TritonEncoder:
             await replica.client.close()
 
 
-async def model_states(url: str) -> dict[str, str]:
+async def model_states(url: str, api_key: str) -> dict[str, str]:
     """Each model of the repository Triton serves from, and its state (READY, LOADING,
     UNAVAILABLE; "" for one never loaded). `url`: a triton_url setting; its first replica
     answers (replicas serve one export, which the service checks)."""
-    client = grpcclient.InferenceServerClient(replica_urls(url)[0])
+    client = triton_client(replica_urls(url)[0], api_key)
     try:
         index = await client.get_model_repository_index(as_json=True)
     except InferenceServerException as error:
-        raise EncoderUnavailable(f"cannot reach Triton at {url}: {error.message()}") from None
+        raise EncoderUnavailable(f"cannot reach Triton at {url}: {_why(error)}") from None
     finally:
         await client.close()
     return {m["name"]: m.get("state", "") for m in index.get("models", [])}
@@ -249,22 +287,22 @@ def encoder_models(ready: list[str]) -> list[str]:
     return sorted(names - parts)
 
 
-async def served_as(url: str, encoder: str) -> str:
+async def served_as(url: str, encoder: str, api_key: str) -> str:
     """What identification calls for `encoder`: its ensemble with the style/genre heads when
     Triton at `url` serves (or is loading) one, else the encoder itself. An ensemble answers
     only requests for all its outputs, so embeddings alone (ingest) come from the encoder."""
     ensemble = ensemble_name(encoder)
-    if (await model_states(url)).get(ensemble) in ("READY", "LOADING"):
+    if (await model_states(url, api_key)).get(ensemble) in ("READY", "LOADING"):
         return ensemble
     log.info("no style/genre heads: Triton does not serve %s (`whatart train-head`, then `whatart export --head FILE`)", ensemble)
     return encoder
 
 
-async def resolve_model(url: str, model: str | None) -> str:
+async def resolve_model(url: str, model: str | None, api_key: str) -> str:
     """`model` when given, else the one encoder Triton at `url` serves (refusing to guess among several)."""
     if model is not None:
         return model
-    ready = encoder_models([name for name, state in (await model_states(url)).items() if state == "READY"])
+    ready = encoder_models([name for name, state in (await model_states(url, api_key)).items() if state == "READY"])
     if len(ready) != 1:
         raise EncoderUnavailable(
             f"Triton at {url} serves {len(ready)} ready models ({', '.join(ready) or 'none'}): name one with --model"

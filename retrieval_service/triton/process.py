@@ -3,6 +3,7 @@
 The binary comes from the nvidia-pytriton wheel, which ships Triton 2.51 with the python
 backend only. It needs a backend directory laid out the way Triton expects, a few library
 paths, and the venv on PATH so the python-backend stub finds numpy and onnxruntime.
+Every API but health and metadata is restricted to callers with whatart's key (access_key.py).
 GPU hosts run the NGC container instead (see docker-compose.yml).
 """
 
@@ -17,10 +18,11 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.triton.access_key import KEY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,21 @@ class TritonConfig:
     log_verbose: int = 0
     models: tuple[str, ...] = ()
     """Load only these models (explicit mode); empty loads every model in the repository."""
+    api_key: str = field(kw_only=True, repr=False)
+    """What callers of the restricted APIs must send (access_key.py)."""
+
+
+RESTRICTED_APIS = ("inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging")
+"""Every Triton API but health (probes) and server/model metadata, over HTTP and gRPC alike:
+model control, statistics, tracing, logging, shared memory, and inference past the service's
+admission limit."""
+
+
+def restriction_flags(api_key: str) -> list[str]:
+    """tritonserver flags that refuse RESTRICTED_APIS to callers that do not send api_key (as
+    header KEY_HEADER over HTTP, GRPC_KEY_HEADER over gRPC)."""
+    value = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={api_key}"
+    return [f"--http-restricted-api={value}", f"--grpc-restricted-protocol={value}"]
 
 
 def _pytriton_dir() -> Path:
@@ -97,6 +114,7 @@ def command_and_env(config: TritonConfig) -> tuple[list[str], dict[str, str]]:
         "--strict-readiness=true",
         "--exit-on-error=true",
         f"--log-verbose={config.log_verbose}",
+        *restriction_flags(config.api_key),
     ]
     if config.models:
         command.append("--model-control-mode=explicit")
@@ -124,7 +142,9 @@ class TritonProcess:
         command, env = command_and_env(self.config)
         output = open(self.log_path, "ab") if self.log_path else None
         started = time.perf_counter()
-        self._process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        # A session (and process group) of its own, which kill() ends whole: SIGKILL to
+        # tritonserver alone would leave its python-backend stubs running.
+        self._process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout_s)
         log.info(
             "Triton ready in %.1f s: HTTP %s:%d, gRPC %s:%d, metrics %s:%d",
@@ -176,15 +196,13 @@ class TritonProcess:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("tritonserver ignored SIGTERM for %.0f s: killing it", timeout_s)
-            process.kill()
-            process.wait()
+            _kill_group(process)
 
     def kill(self) -> None:
         """SIGKILL: Triton gets no chance to drain or answer, as in a crash (fault tests)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        if process is not None:
+            _kill_group(process)
 
     def __enter__(self) -> TritonProcess:
         self.start()
@@ -192,6 +210,15 @@ class TritonProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL tritonserver's process group, its python-backend stubs included, then reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone already
+    process.wait()
 
 
 def is_ready(url: str) -> bool:

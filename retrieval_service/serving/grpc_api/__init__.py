@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -19,7 +18,7 @@ from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.identify.identifier import Identifier
 from whatart.retrieval_service.images import ImageError
 from whatart.retrieval_service.index.metadata import FILTER_FIELDS, FilterError, MetadataFilter
-from whatart.retrieval_service.log_format import REQUEST_ID
+from whatart.retrieval_service.log_format import REQUEST_ID, safe_request_id
 from whatart.retrieval_service.serving.access import PROTECTED_GRPC_PREFIX, authorised, refusal
 from whatart.retrieval_service.serving.admission import Admission, Overloaded
 from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
@@ -29,9 +28,13 @@ from whatart.retrieval_service.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = whatart_pb2.DESCRIPTOR.services_by_name["Identifier"].full_name
-STREAM_IN_FLIGHT = 16
-"""Requests of one IdentifyStream worked on at once (more wait in the stream: back-pressure)."""
+RECEIVE_LIMIT_UPLOADS = 2
+"""gRPC accepts messages up to this many times the upload limit (+ 1 MiB), so that an image
+somewhat over the limit is refused on its own (a stream goes on); a larger message ends the
+call with RESOURCE_EXHAUSTED, as gRPC does."""
 HEALTH_CHECK_S = 2.0
+GRPC_IDLE_CLOSE_MS = 5 * 60 * 1000
+"""A client connection with no call for this long is closed (gRPC's own idle timeout)."""
 CurrentIdentifier = Callable[[], Awaitable[Identifier]]
 """The identifier over the index version being served now (the REST app's reloader decides which)."""
 
@@ -77,11 +80,10 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
     def __init__(self, current: CurrentIdentifier, admission: Admission, settings: Settings) -> None:
         self.current, self.admission, self.settings = current, admission, settings
 
-    async def _answer(self, request: whatart_pb2.IdentifyRequest, refusable: bool = True) -> whatart_pb2.IdentifyResponse:
-        """The answer, or RequestRefused with the status and a message that names the problem.
-        `refusable`: may be refused when the service is full (admission.py); stream items are not."""
+    async def _answer(self, request: whatart_pb2.IdentifyRequest, request_id: str) -> whatart_pb2.IdentifyResponse:
+        """The answer, or RequestRefused with the status and a message that names the problem
+        (the caller holds its place in the admission; `request_id` is the request's, made safe)."""
         settings = self.settings
-        request_id = request.request_id or uuid.uuid4().hex[:16]
         REQUEST_ID.set(request_id)
         k = request.k or settings.default_k
         if not 1 <= k <= settings.max_k:
@@ -92,10 +94,7 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         where = _metadata_filter(request)
         identifier = await self.current()
         try:
-            with self.admission.admitted(refusable):
-                result = await identify_observed(identifier, request.image, k, "grpc", where)
-        except Overloaded as error:
-            raise RequestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+            result = await identify_observed(identifier, request.image, k, "grpc", where)
         except ImageError as error:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except DependencyUnavailable as error:
@@ -105,40 +104,46 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
 
     async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:
         try:
-            return await self._answer(request)
+            with self.admission.admitted():
+                return await self._answer(request, safe_request_id(request.request_id))
+        except Overloaded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except RequestRefused as refused:
             await context.abort(refused.code, str(refused))
 
     async def IdentifyStream(
         self, requests: AsyncIterator[whatart_pb2.IdentifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[whatart_pb2.IdentifyResponse]:
-        """Up to STREAM_IN_FLIGHT requests at once; answers leave as they are ready, and a
-        request that fails answers with `error` instead of ending (or stalling) the stream."""
+        """Requests run as the admission gives the stream places (admission.py: streams take
+        turns within their share); answers leave as they are ready, and a request that fails
+        answers with `error` instead of ending (or stalling) the stream."""
         answers: asyncio.Queue[whatart_pb2.IdentifyResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task] = set()
 
-        def answer_error(request: whatart_pb2.IdentifyRequest, code: grpc.StatusCode, message: str) -> None:
+        def answer_error(request_id: str, code: grpc.StatusCode, message: str) -> None:
             error = whatart_pb2.Error(code=code.value[0], message=message)
-            answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request.request_id, error=error))
+            answers.put_nowait(whatart_pb2.IdentifyResponse(request_id=request_id, error=error))
 
         async def one(request: whatart_pb2.IdentifyRequest) -> None:
+            request_id = safe_request_id(request.request_id)
             try:
-                answers.put_nowait(await self._answer(request, refusable=False))
+                answers.put_nowait(await self._answer(request, request_id))
             except RequestRefused as refused:
-                answer_error(request, refused.code, str(refused))
+                answer_error(request_id, refused.code, str(refused))
             except Exception:
-                log.exception("stream item %s failed", request.request_id or "(no id)")
-                answer_error(request, grpc.StatusCode.INTERNAL, "the service failed on this image; its log has the cause")
-            finally:
-                slots.release()
+                log.exception("stream item %s failed", request_id)
+                answer_error(request_id, grpc.StatusCode.INTERNAL, "the service failed on this image; its log has the cause")
+
+        def finished(task: asyncio.Task) -> None:  # also runs for a task cancelled before it started
+            running.discard(task)
+            self.admission.release_stream_place()
 
         async def feed() -> None:
             async for request in requests:
-                await slots.acquire()
+                await self.admission.stream_place()
                 task = asyncio.create_task(one(request))
                 running.add(task)
-                task.add_done_callback(running.discard)
+                task.add_done_callback(finished)
             await asyncio.gather(*running)
             answers.put_nowait(None)
 
@@ -174,7 +179,8 @@ class GrpcServer:
     async def start(cls, current: CurrentIdentifier, admission: Admission, settings: Settings) -> GrpcServer:
         server = grpc.aio.server(
             interceptors=[TokenCheck(settings.api_token)],
-            options=[("grpc.max_receive_message_length", settings.max_upload_bytes + 1024 * 1024)],
+            options=[("grpc.max_receive_message_length", RECEIVE_LIMIT_UPLOADS * settings.max_upload_bytes + 1024 * 1024),
+                     ("grpc.max_connection_idle_ms", GRPC_IDLE_CLOSE_MS)],
         )
         whatart_pb2_grpc.add_IdentifierServicer_to_server(IdentifierService(current, admission, settings), server)
         health_servicer = health.aio.HealthServicer()
