@@ -85,13 +85,11 @@ def _bench_scale(args: argparse.Namespace, settings: Settings) -> int:
 def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
     from whatart.retrieval_service.evaluation.reliability_bench import SOURCE_WORKS, run_reliability
     from whatart.retrieval_service.ingest.sources import open_source
-    from whatart.retrieval_service.triton.access_key import triton_api_key
 
     if args.clients <= 0 or args.seconds <= 0:
         raise SettingsError(f"--clients and --seconds must be positive, got {args.clients} and {args.seconds}")
     artworks = list(open_source(args.source).artworks)[:SOURCE_WORKS]
-    print(json.dumps(run_reliability(whatart_command(), settings.model_repository, settings.index_dir, artworks, args.clients,
-                                     args.seconds, settings.max_upload_bytes, triton_api_key(settings))))
+    print(json.dumps(run_reliability(whatart_command(), artworks, args.clients, args.seconds, settings)))
     return 0
 
 

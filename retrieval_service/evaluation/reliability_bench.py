@@ -2,8 +2,9 @@
 
 The bench runs its own Triton and `whatart serve` (so it can kill them) over an existing
 index, and prints one JSON document:
-- inputs: named uploads (each accepted format and odd pixel mode, and broken ones) and the
-  status and message each got;
+- inputs: named uploads (each accepted format and odd pixel mode, broken ones, extreme
+  shapes and canvases) and the status and message each got;
+- requests: what a careless or hostile HTTP client sends beyond images (hostile_requests.py);
 - faults: Triton and the service each killed (SIGKILL) during `identify --batch`, and
   `whatart ingest` killed with SIGKILL, each followed by the documented
   recovery (rerun the same command); results lost and answered twice are counted;
@@ -26,13 +27,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from whatart.retrieval_service.errors import WhatartError
+from whatart.retrieval_service.evaluation.hostile_requests import probe_requests
 from whatart.retrieval_service.evaluation.load_bench import run_load
 from whatart.retrieval_service.evaluation.service_bench import ServiceProcess, Whatart, batch_command, free_port, run_batch_command
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.metadata import Artwork
 from whatart.retrieval_service.ingest.checkpoints import WORK_FOLDER
+from whatart.retrieval_service.settings import Settings
+from whatart.retrieval_service.triton.access_key import triton_api_key
 from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 log = logging.getLogger(__name__)
@@ -81,8 +85,19 @@ def named_inputs(painting: Path, max_upload_bytes: int) -> list[tuple[str, bytes
         ("random bytes", noise.tobytes()), ("empty", b""), ("text", b"these are not the pixels you are looking for"),
         ("ICO (not accepted)", _encoded(rgb.resize((32, 32)), "ICO")), ("8x8 image", _encoded(rgb.resize((8, 8)), "PNG")),
         ("decompression bomb (20000x20000 PNG)", _encoded(Image.new("1", (20000, 20000)), "PNG")),
+        ("PNG whose text chunk unpacks to 8 MB", _encoded(rgb.resize((64, 64)), "PNG", pnginfo=_text_bomb())),
+        ("641x32 PNG (over 20:1)", _encoded(rgb.resize((641, 32)), "PNG")),
+        ("32x100000 PNG (a strip)", _encoded(Image.new("RGB", (32, 100_000)), "PNG")),
+        ("640x32 PNG (20:1, accepted)", _encoded(rgb.resize((640, 32)), "PNG")),
+        ("200 KB RGBA PNG declaring 7000x7000 (49 MP)", _encoded(Image.new("RGBA", (7000, 7000), (200, 30, 30, 128)), "PNG")),
         ("over the upload limit", b"\xff\xd8" + bytes(max_upload_bytes)),
     ]
+
+
+def _text_bomb() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * (8 << 20), zip=True)
+    return info
 
 
 def try_inputs(url: str, inputs: list[tuple[str, bytes]]) -> list[dict[str, object]]:
@@ -162,8 +177,7 @@ def ingest_fault(whatart: Whatart, works: list[Artwork], work: Path, triton_url:
             "published": len(ids), "lost": len(expected - set(ids)), "twice": len(ids) - len(set(ids))}
 
 
-def run_reliability(whatart: Whatart, model_repository: Path, index_dir: Path, artworks: list[Artwork], clients: int,
-                    seconds: float, max_upload_bytes: int, triton_api_key: str) -> dict[str, object]:
+def run_reliability(whatart: Whatart, artworks: list[Artwork], clients: int, seconds: float, settings: Settings) -> dict[str, object]:
     """The whole bench; its work folder (logs, batch results, the ingest's index) is removed
     on success and kept, with its path logged, when a part fails."""
     needed = max(BATCH_IMAGES, INGEST_WORKS)
@@ -171,18 +185,25 @@ def run_reliability(whatart: Whatart, model_repository: Path, index_dir: Path, a
         raise TooFewWorks(f"the source has {len(artworks)} works; the reliability bench needs at least {needed} "
                           f"({BATCH_IMAGES} for the batch, {INGEST_WORKS} for the ingest): pass a larger source")
     paths = [Path(artwork.image_path) for artwork in artworks[:SOURCE_WORKS]]
+    model_repository, index_dir = settings.model_repository, settings.index_dir
     gallery = Gallery.load(index_dir)
     model = gallery.manifest.model.name
     gallery.close()
     work = Path(tempfile.mkdtemp(prefix="whatart-reliability-"))
-    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton", api_key=triton_api_key)
+    config = TritonConfig(model_repository, free_port(), free_port(), free_port(), work_dir=work / "triton",
+                          api_key=triton_api_key(settings))
     triton = TritonProcess(config, log_path=work / "triton.log")
     triton_url = f"127.0.0.1:{config.grpc_port}"
-    service = ServiceProcess(whatart, index_dir, triton_url, "verified", log_file=work / "service.log")
+    service = ServiceProcess(whatart, index_dir, triton_url, "cascade", log_file=work / "service.log")
     try:
         triton.start()
         service.start()
-        figures: dict[str, object] = {"inputs": try_inputs(service.address.url, named_inputs(paths[0], max_upload_bytes))}
+        url = service.address.url
+        figures: dict[str, object] = {
+            "inputs": try_inputs(url, named_inputs(paths[0], settings.max_upload_bytes)),
+            "requests": probe_requests(url, settings.max_upload_bytes, settings.request_header_timeout_s,
+                                       settings.request_body_timeout_s, paths[0].read_bytes()),
+        }
         batch_dir = work / "batch"
         batch_dir.mkdir()
         files = paths[:BATCH_IMAGES]
