@@ -18,7 +18,7 @@ from tests.helpers import ServiceEndpoints, served
 
 @pytest.fixture(scope="module")
 def small_service(demo_index: Path, triton: TritonEndpoints) -> Iterator[ServiceEndpoints]:
-    with served(demo_index, triton.grpc_url, env={"WHATART_MAX_PENDING": "2"}) as endpoints:
+    with served(demo_index, triton.grpc_url, env={"WHATART_MAX_PENDING": "2", "WHATART_MAX_STREAM_PENDING": "1"}) as endpoints:
         yield endpoints
 
 
