@@ -91,7 +91,7 @@ def _opened(data: bytes, max_pixels: int, max_aspect_ratio: float) -> Image.Imag
     if width * height > max_pixels:
         raise ImageError(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
     if max(width, height) > max_aspect_ratio * min(width, height):
-        raise ImageError(f"the image is {width}x{height} pixels, {max(width, height) / min(width, height):.1f} times longer "
+        raise ImageError(f"the image is {width}x{height} pixels, {max(width, height) / min(width, height):.2f} times longer "
                          f"than wide; at most {max_aspect_ratio:g} times is accepted")
     return image
 
