@@ -14,8 +14,10 @@ from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_
 def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
     """The REST API's JSON shape (an unverified match's `inliers` is None, as there)."""
     answer = json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    for match in answer.get("matches", []):
+    for match in answer.get("matches", []) + [m for p in answer.get("paintings", []) for m in p.get("matches", [])]:
         match.setdefault("inliers", None)
+    for painting in answer.get("paintings", []):
+        painting["region"] = [[corner["x"], corner["y"]] for corner in painting["region"]]
     if not response.HasField("error"):
         answer.pop("error", None)
     return answer

@@ -58,16 +58,31 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
 def decoding_pixels(data: bytes, draft_size: int | None = None) -> int:
     """How many pixels decoding these bytes holds in memory at once (the declared canvas,
     less JPEG's draft scaling), for budgeting concurrent decodes; 0 for what will not open."""
+    declared = _declared(data)
+    if declared is None:
+        return 0
+    image_format, (width, height) = declared
+    scale = 1
+    if draft_size and image_format == "JPEG":
+        while scale < 8 and min(width, height) // (2 * scale) >= draft_size:
+            scale *= 2
+    return (width // scale) * (height // scale)
+
+
+def upload_scale(data: bytes, decoded: Image.Image) -> float:
+    """Uploaded pixels per decoded pixel (JPEG may decode smaller; EXIF rotation aside, the
+    long sides correspond)."""
+    declared = _declared(data)
+    return max(declared[1]) / max(decoded.size) if declared else 1.0
+
+
+def _declared(data: bytes) -> tuple[str, tuple[int, int]] | None:
+    """The format and size the header declares (nothing decoded), or None."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            scale = 1
-            if draft_size and image.format == "JPEG":
-                while scale < 8 and min(width, height) // (2 * scale) >= draft_size:
-                    scale *= 2
-            return (width // scale) * (height // scale)
+            return str(image.format), image.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return 0
+        return None
 
 
 def _opened(data: bytes, max_pixels: int, max_aspect_ratio: float) -> Image.Image:

@@ -55,6 +55,31 @@ class Prediction:
     probability: float
 
 
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Painting:
+    """One painting found in the photo (paintings.py): where, and what it is."""
+
+    region: tuple[Point, Point, Point, Point]
+    """its corners in the uploaded photo's pixels (clockwise from top left; the whole photo
+    when no match located it), possibly beyond the photo where the painting is cut off"""
+    matches: list[Candidate]
+    in_gallery: bool
+    confidence: float
+    decided_by: str
+
+    @property
+    def area(self) -> float:
+        xs, ys = zip(*self.region, strict=True)
+        return 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(4)))
+
+    def to_json(self) -> dict[str, object]:
+        return {"region": [[round(x, 1), round(y, 1)] for x, y in self.region], "matches": [m.to_json() for m in self.matches],
+                "in_gallery": self.in_gallery, "confidence": round(self.confidence, 4), "decided_by": self.decided_by}
+
+
 @dataclass(frozen=True)
 class Identification:
     matches: list[Candidate]
@@ -69,6 +94,8 @@ class Identification:
     """task (style, genre) -> most probable labels, from the model's heads (any image)"""
     evidence: dict[str, StageEvidence] = field(default_factory=dict)
     """What each stage that ran saw (its top two similarities), for calibration; not sent."""
+    paintings: list[Painting] = field(default_factory=list)
+    """every painting found, largest first; the first is the one `matches` etc. describe"""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -83,6 +110,7 @@ class Identification:
             "model": self.model,
             "took_ms": self.took_ms,
             "timings_ms": self.timings_ms,
+            "paintings": [painting.to_json() for painting in self.paintings],
         }
 
 

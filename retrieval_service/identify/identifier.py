@@ -18,17 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from whatart.retrieval_service.features.local_features import FeatureExtractor
+from whatart.retrieval_service.features.local_features import FeatureExtractor, LocalFeatures
 from whatart.retrieval_service.features.views import query_views
-from whatart.retrieval_service.identify.answer import EMBEDDING, VERIFIED, VIEWS, Candidate, Identification, Prediction, StageEvidence
+from whatart.retrieval_service.identify.answer import (
+    EMBEDDING,
+    VERIFIED,
+    VIEWS,
+    Candidate,
+    Identification,
+    Painting,
+    Prediction,
+    StageEvidence,
+)
 from whatart.retrieval_service.identify.calibration import Calibration, EarlyAnswer
+from whatart.retrieval_service.identify.paintings import Located, PaintingFinder, in_upload_pixels
 from whatart.retrieval_service.identify.search_batcher import SearchBatcher
 from whatart.retrieval_service.identify.verifier import ShortlistVerifier
 from whatart.retrieval_service.fair_slots import FairSlots
-from whatart.retrieval_service.images import decode_image, decoding_pixels
+from whatart.retrieval_service.images import decode_image, decoding_pixels, upload_scale
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.layout import GalleryError
 from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter
@@ -41,6 +52,16 @@ TOP_PREDICTIONS = 3
 Ranked = list[tuple[Artwork, float, int]]
 Decision = tuple[str, list[Candidate], bool, float]
 """(deciding stage, candidates, in the gallery, confidence)"""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image as the cascade uses it."""
+
+    size: tuple[int, int]
+    plain: np.ndarray
+    others: np.ndarray
+    features: LocalFeatures | None
 
 
 def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> None:
@@ -78,7 +99,8 @@ class Identifier:
                                     settings.default_early_confidence)
         self.calibration = Calibration.load(gallery.directory, settings.default_min_inliers, default_early)
         self.extractor = FeatureExtractor()
-        self.verifier = ShortlistVerifier(gallery, self.calibration, settings, self.extractor)
+        self.verifier = ShortlistVerifier(gallery, self.calibration, settings)
+        self.paintings = PaintingFinder(gallery, self.calibration, self.extractor.max_side)
         self.mode = settings.identify_mode
         several_views = len(gallery.manifest.gallery_blurs) > 1  # with one, the index is the sharp-view search
         sharp_only = self.mode == "global" and several_views and gallery.build_sharp_index()
@@ -97,15 +119,18 @@ class Identifier:
         otherwise (it may be verified). Decoding stops there where the format allows."""
         return self.served.input_size if self.mode == "global" else self.extractor.max_side
 
-    def _prepare(self, data: bytes) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-        """The decoded photo, its plain view and its other views as model inputs."""
+    def _decode(self, data: bytes) -> Image.Image:
+        return decode_image(data, self.settings.max_image_pixels, self._draft_size, self.settings.max_image_aspect_ratio)
+
+    def _prepared(self, image: Image.Image) -> Prepared:
+        """An image's plain view and other views as model inputs, and its local features
+        (not in global mode, which never verifies)."""
         settings, size = self.settings, self.served.input_size
-        photo = decode_image(data, settings.max_image_pixels, self._draft_size, settings.max_image_aspect_ratio)
-        plain = query_views(photo, size, rotations=(0.0,), crops=())
+        plain = query_views(image, size, rotations=(0.0,), crops=())
         if self.mode == "global":
-            return photo, plain, plain[:0]
-        others = query_views(photo, size, tuple(r for r in settings.query_rotations if r != 0), settings.query_crops)
-        return photo, plain, others
+            return Prepared(image.size, plain, plain[:0], None)
+        others = query_views(image, size, tuple(r for r in settings.query_rotations if r != 0), settings.query_crops)
+        return Prepared(image.size, plain, others, self.extractor.extract(image))
 
     async def _search(self, views: np.ndarray, depth: int, where: MetadataFilter | None, timings: dict[str, float]) -> Ranked:
         started = time.perf_counter()
@@ -127,36 +152,26 @@ class Identifier:
         started = time.perf_counter()
         pixels = await asyncio.to_thread(decoding_pixels, data, self._draft_size)
         async with self.decoding.held(pixels):
-            photo, plain, others = await asyncio.to_thread(self._prepare, data)
+            photo = await asyncio.to_thread(self._decode, data)
+            prepared = await asyncio.to_thread(self._prepared, photo)
         timings = {"decode": time.perf_counter() - started}
-        shortlist = max(k, self.settings.rerank_candidates, self.settings.rerank_extended)
-        seen: dict[str, StageEvidence] = {}
-        if self.mode == "verified":  # every view in one request; the plain view's search only records what it saw
-            embeddings, probabilities = await self._encode(np.concatenate([plain, others]), timings)
-            seen[EMBEDDING] = evidence(await self._search(embeddings[:1], 2, where, timings))
-            ranked = await self._search(embeddings, shortlist, where, timings)
-            seen[VIEWS] = evidence(ranked)
-            decision = await self._verified(photo, ranked, timings)
+        (stage, candidates, in_gallery, confidence), probabilities, views, seen = await self._decide(prepared, k, where, timings)
+        if prepared.features is None:  # global mode: nothing located
+            paintings = []
         else:
-            embeddings, probabilities = await self._encode(plain, timings)
-            # without other views to come, this search is also the shortlist verification may need
-            depth = k if self.mode == "global" else max(k, 2) if len(others) else max(shortlist, 2)
-            ranked = await self._search(embeddings, depth, where, timings)
-            seen[EMBEDDING] = evidence(ranked)
-            if self.mode == "global":
-                top = seen[EMBEDDING].top
-                decision = EMBEDDING, _unverified(ranked), top >= self.settings.global_min_similarity, min(max(top, 0.0), 1.0)
-            elif self._certain(EMBEDDING, seen):
-                decision = self._early(EMBEDDING, ranked)
-            else:
-                if len(others):
-                    more, more_probabilities = await self._encode(others, timings)
-                    embeddings = np.concatenate([embeddings, more])
-                    probabilities = {task: np.concatenate([probabilities[task], more_probabilities[task]]) for task in probabilities}
-                    ranked = await self._search(embeddings, shortlist, where, timings)
-                seen[VIEWS] = evidence(ranked)
-                decision = self._early(VIEWS, ranked) if self._certain(VIEWS, seen) else await self._verified(photo, ranked, timings)
-        stage, candidates, in_gallery, confidence = decision
+            located = time.perf_counter()
+
+            async def identify_strip(strip: Image.Image) -> Located:
+                strip_prepared = await asyncio.to_thread(self._prepared, strip)
+                decision = (await self._decide(strip_prepared, k, where, timings))[0]
+                return Located(*decision, strip_prepared.features, strip.size)  # type: ignore[arg-type]
+
+            first = Located(stage, candidates, in_gallery, confidence, prepared.features, photo.size)
+            found = await self.paintings.find(photo, first, identify_strip)
+            paintings = in_upload_pixels(found, upload_scale(data, photo))
+            timings["paintings"] = time.perf_counter() - located
+            stage, candidates, in_gallery, confidence = (paintings[0].decided_by, paintings[0].matches, paintings[0].in_gallery,
+                                                         paintings[0].confidence)
         return Identification(
             matches=candidates[:k],
             in_gallery=in_gallery,
@@ -165,9 +180,43 @@ class Identifier:
             took_ms=round((time.perf_counter() - started) * 1e3, 2),
             timings_ms={name: round(seconds * 1e3, 2) for name, seconds in timings.items()},
             decided_by=stage,
-            predictions={task: self._predictions(task, probabilities[task], len(embeddings)) for task in self.served.heads},
+            predictions={task: self._predictions(task, probabilities[task], views) for task in self.served.heads},
             evidence=seen,
+            paintings=[Painting(p.region, p.matches[:k], p.in_gallery, p.confidence, p.decided_by) for p in paintings],
         )
+
+    async def _decide(self, prepared: Prepared, k: int, where: MetadataFilter | None,
+                      timings: dict[str, float]) -> tuple[Decision, dict[str, np.ndarray], int, dict[str, StageEvidence]]:
+        """The cascade (or the ablation mode) on one prepared image: its decision, the heads'
+        probabilities per view encoded, how many views were encoded, what each stage saw."""
+        plain, others = prepared.plain, prepared.others
+        shortlist = max(k, self.settings.rerank_candidates, self.settings.rerank_extended)
+        seen: dict[str, StageEvidence] = {}
+        if self.mode == "verified":  # every view in one request; the plain view's search only records what it saw
+            embeddings, probabilities = await self._encode(np.concatenate([plain, others]), timings)
+            seen[EMBEDDING] = evidence(await self._search(embeddings[:1], 2, where, timings))
+            ranked = await self._search(embeddings, shortlist, where, timings)
+            seen[VIEWS] = evidence(ranked)
+            return await self._verified(prepared.features, ranked, timings), probabilities, len(embeddings), seen
+        embeddings, probabilities = await self._encode(plain, timings)
+        # without other views to come, this search is also the shortlist verification may need
+        depth = k if self.mode == "global" else max(k, 2) if len(others) else max(shortlist, 2)
+        ranked = await self._search(embeddings, depth, where, timings)
+        seen[EMBEDDING] = evidence(ranked)
+        if self.mode == "global":
+            top = seen[EMBEDDING].top
+            decision = EMBEDDING, _unverified(ranked), top >= self.settings.global_min_similarity, min(max(top, 0.0), 1.0)
+            return decision, probabilities, len(embeddings), seen
+        if self._certain(EMBEDDING, seen):
+            return self._early(EMBEDDING, ranked), probabilities, len(embeddings), seen
+        if len(others):
+            more, more_probabilities = await self._encode(others, timings)
+            embeddings = np.concatenate([embeddings, more])
+            probabilities = {task: np.concatenate([probabilities[task], more_probabilities[task]]) for task in probabilities}
+            ranked = await self._search(embeddings, shortlist, where, timings)
+        seen[VIEWS] = evidence(ranked)
+        decision = self._early(VIEWS, ranked) if self._certain(VIEWS, seen) else await self._verified(prepared.features, ranked, timings)
+        return decision, probabilities, len(embeddings), seen
 
     def _certain(self, stage: str, seen: dict[str, StageEvidence]) -> bool:
         return self.calibration.early_answer(stage).certain(seen[stage])
@@ -175,10 +224,11 @@ class Identifier:
     def _early(self, stage: str, ranked: Ranked) -> Decision:
         return stage, _unverified(ranked), True, self.calibration.early_answer(stage).precision
 
-    async def _verified(self, photo: Image.Image, ranked: Ranked, timings: dict[str, float]) -> Decision:
+    async def _verified(self, features: LocalFeatures | None, ranked: Ranked, timings: dict[str, float]) -> Decision:
+        assert features is not None, "only global mode has no local features, and it never verifies"
         started = time.perf_counter()
-        candidates = await asyncio.to_thread(self.verifier.candidates, photo, ranked)
-        timings["verify"] = time.perf_counter() - started
+        candidates = await asyncio.to_thread(self.verifier.candidates, features, ranked)
+        timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - started
         top_inliers = (candidates[0].inliers or 0) if candidates else 0
         in_gallery = bool(candidates) and self.calibration.in_gallery(top_inliers)
         return VERIFIED, candidates, in_gallery, self.calibration.confidence(top_inliers) if candidates else 0.0

@@ -10,6 +10,8 @@ image instead of 15-50 ms on this CPU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from whatart.retrieval_service.features.local_features import LocalFeatures
@@ -27,28 +29,48 @@ MAX_PERSPECTIVE = 0.005
 """per pixel of the photo (<= 512 px): about a 2.5x foreshortening across it at most"""
 
 
+@dataclass(frozen=True)
+class GeometricMatch:
+    """What verification kept: the inliers and the homography they agree on."""
+
+    inliers: int
+    photo_to_gallery: np.ndarray | None
+    """3x3, from the photo's feature frame to the candidate's; None when nothing verified"""
+    pairs: np.ndarray
+    """float32 [inliers, 4]: photo x, y and gallery x, y of each kept correspondence (feature frames)"""
+
+
+NO_MATCH = GeometricMatch(0, None, np.zeros((0, 4), np.float32))
+
+
 def count_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
-    """RANSAC homography inliers among ratio-test matches (0 when too few to fit one)."""
+    """MAGSAC++ homography inliers among ratio-test matches (0 when too few to fit one)."""
+    return geometric_match(query, candidate).inliers
+
+
+def geometric_match(query: LocalFeatures, candidate: LocalFeatures) -> GeometricMatch:
+    """count_inliers with its homography and kept correspondences."""
     if query.descriptors is None or candidate.descriptors is None:
-        return 0
+        return NO_MATCH
     if len(query.descriptors) < MIN_MATCHES or len(candidate.descriptors) < 2:
-        return 0
+        return NO_MATCH
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors, k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
     if len(good) < MIN_MATCHES:
-        return 0
+        return NO_MATCH
     source = query.points[[m.queryIdx for m in good]]
     target = candidate.points[[m.trainIdx for m in good]]
     homography, mask = cv2.findHomography(source, target, ROBUST_ESTIMATOR, RANSAC_REPROJECTION_PX)
     if homography is None or not _plausible(homography):
-        return 0
-    inliers = target[mask.ravel() > 0]
+        return NO_MATCH
+    kept = mask.ravel() > 0
+    inliers = target[kept]
     # Inliers strung along a line (a frame edge, a horizon) fit a homography without the
     # pictures being the same: ask them to cover part of the candidate's textured area.
     # (The candidate's, not the photo's: a photo's keypoints also cover its wall and frame.)
     if _hull_area(inliers) < MIN_INLIER_COVERAGE * _hull_area(candidate.points):
-        return 0
-    return len(inliers)
+        return NO_MATCH
+    return GeometricMatch(len(inliers), homography, np.hstack([source[kept], inliers]).astype(np.float32))
 
 
 def _plausible(homography: np.ndarray) -> bool:

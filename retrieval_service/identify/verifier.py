@@ -9,9 +9,8 @@ can be re-ranked by colour instead (settings.colour_rerank_below).
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 from whatart.retrieval_service.features import colour
-from whatart.retrieval_service.features.local_features import FeatureExtractor, LocalFeatures
+from whatart.retrieval_service.features.local_features import LocalFeatures
 from whatart.retrieval_service.identify.answer import Candidate, rerank
 from whatart.retrieval_service.identify.calibration import Calibration
 from whatart.retrieval_service.identify.verification import count_inliers
@@ -24,12 +23,11 @@ STRONG_MATCH = 3
 
 
 class ShortlistVerifier:
-    def __init__(self, gallery: Gallery, calibration: Calibration, settings: Settings, extractor: FeatureExtractor) -> None:
-        self.gallery, self.calibration, self.settings, self.extractor = gallery, calibration, settings, extractor
+    def __init__(self, gallery: Gallery, calibration: Calibration, settings: Settings) -> None:
+        self.gallery, self.calibration, self.settings = gallery, calibration, settings
 
-    def candidates(self, photo: Image.Image, ranked: list[tuple[Artwork, float, int]]) -> list[Candidate]:
-        """The ranked artworks, verified in order and re-ranked (see _verify)."""
-        query = self.extractor.extract(photo)
+    def candidates(self, query: LocalFeatures, ranked: list[tuple[Artwork, float, int]]) -> list[Candidate]:
+        """The ranked artworks, verified in order against the photo's features and re-ranked (see _verify)."""
         shortlist = [Candidate(artwork, row_id, score) for artwork, score, row_id in ranked]
         candidates = self._verify(query, shortlist)
         if self.settings.rerank_candidates and len(query) < self.settings.colour_rerank_below and not self._verified(candidates):

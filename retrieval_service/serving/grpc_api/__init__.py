@@ -100,7 +100,10 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         except DependencyUnavailable as error:
             log.warning("%s", error)
             raise RequestRefused(grpc.StatusCode.UNAVAILABLE, error.public_message) from None
-        return json_format.ParseDict({**result.to_json(), "request_id": request_id}, whatart_pb2.IdentifyResponse())
+        answer = result.to_json()
+        for painting in answer["paintings"]:  # corners are [x, y] in JSON, Point messages here
+            painting["region"] = [{"x": x, "y": y} for x, y in painting["region"]]
+        return json_format.ParseDict({**answer, "request_id": request_id}, whatart_pb2.IdentifyResponse())
 
     async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:
         try:

@@ -1,0 +1,171 @@
+"""Every painting in the photo: locate the one identified, look beside it for more.
+
+The photo's identification (the cascade) names one painting. Its top match is verified
+against the photo (one homography, ~1 ms), and the match's outline mapped into the photo
+locates it. The strips of the photo beside that outline (its frame and a margin left out)
+that are large and textured enough are identified again, each on its own, and a painting
+found there is kept only when its own top match verifies to the calibrated "in the gallery"
+standard and is not one already found; then the strips beside it are searched in turn.
+Blank wall has too few keypoints to be searched, and anything else must verify as a gallery
+painting: a photo of one painting does not gain phantoms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+from whatart.retrieval_service.features.local_features import LocalFeatures
+from whatart.retrieval_service.identify.answer import Candidate, Painting, Point
+from whatart.retrieval_service.identify.calibration import Calibration
+from whatart.retrieval_service.identify.verification import GeometricMatch, geometric_match
+from whatart.retrieval_service.index.gallery import Gallery
+
+MAX_PAINTINGS = 4
+FRAME_MARGIN = 0.08
+"""left out around a found painting, as a fraction of its size: its frame (2-6 % in photos)"""
+MIN_STRIP_AREA = 0.08
+"""a strip smaller than this fraction of the photo holds no painting worth naming"""
+MIN_STRIP_KEYPOINTS = 40
+"""of the photo's (up to 500): fewer, and the strip is wall"""
+PARTS_ASPECT = 1.3
+"""a photo this much wider than tall (or taller than wide) may show paintings side by side"""
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Located:
+    """One image's identification (the photo's or a strip's) and its local features."""
+
+    stage: str
+    candidates: list[Candidate]
+    in_gallery: bool
+    confidence: float
+    features: LocalFeatures
+    size: tuple[int, int]
+    """the identified image's size (decoded pixels), which the features were scaled from"""
+
+
+IdentifyImage = Callable[[Image.Image], Awaitable[Located]]
+
+
+def feature_scale(size: tuple[int, int], max_side: int) -> float:
+    """Image pixels per feature-frame pixel (features are extracted at <= max_side)."""
+    return max(size) / max_side if max(size) > max_side else 1.0
+
+
+def gallery_frame(image_path: str, features: LocalFeatures, max_side: int) -> tuple[float, float]:
+    """The size of the frame an artwork's stored features are in: its image scaled to
+    max_side (from the image's header); its keypoints' extent when the image is gone."""
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except (OSError, ValueError):
+        return (float(features.points[:, 0].max()), float(features.points[:, 1].max())) if len(features) else (1.0, 1.0)
+    scale = 1 / feature_scale((width, height), max_side)
+    return width * scale, height * scale
+
+
+class PaintingFinder:
+    def __init__(self, gallery: Gallery, calibration: Calibration, max_side: int) -> None:
+        self.gallery, self.calibration, self.max_side = gallery, calibration, max_side
+
+    def locate(self, found: Located, offset: Point) -> tuple[tuple[Point, Point, Point, Point], GeometricMatch] | None:
+        """The top match's outline in the photo's pixels (the image found at `offset` in it),
+        when it verifies as in the gallery; else None."""
+        if not found.candidates:
+            return None
+        top = found.candidates[0]
+        stored = self.gallery.local_features(top.row_id)
+        match = geometric_match(found.features, stored)
+        if match.photo_to_gallery is None or not self.calibration.in_gallery(match.inliers):
+            return None
+        width, height = gallery_frame(top.artwork.image_path, stored, self.max_side)
+        corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
+        in_features = cv2.perspectiveTransform(corners, np.linalg.inv(match.photo_to_gallery)).reshape(-1, 2)
+        scale = feature_scale(found.size, self.max_side)
+        quad = tuple((float(x * scale + offset[0]), float(y * scale + offset[1])) for x, y in in_features)
+        return quad, match  # type: ignore[return-value]
+
+    async def find(self, photo: Image.Image, first: Located, identify: IdentifyImage) -> list[Painting]:
+        """Every painting in `photo` (decoded pixels), largest first; `first` is the whole
+        photo's identification."""
+        whole = ((0.0, 0.0), (float(photo.width), 0.0), (float(photo.width), float(photo.height)), (0.0, float(photo.height)))
+        located = self.locate(first, (0.0, 0.0))
+        points = first.features.points * feature_scale(first.size, self.max_side)
+        paintings: list[Painting] = []
+        if located is not None:
+            paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage))
+            await self._beside(photo, (0.0, 0.0, float(photo.width), float(photo.height)), located[0], points, identify, paintings)
+        else:  # the photo as a whole did not locate its answer: several small paintings, or one hard photo
+            for part in self._parts(photo, points):
+                await self._add(photo, part, points, identify, paintings)
+        if not paintings:
+            return [Painting(whole, first.candidates, first.in_gallery, first.confidence, first.stage)]
+        return sorted(paintings, key=lambda painting: -painting.area)
+
+    async def _add(self, photo: Image.Image, box: Box, points: np.ndarray, identify: IdentifyImage,
+                   paintings: list[Painting]) -> None:
+        """Identify the `box` part of the photo; keep a new painting that locates there, then
+        search beside it."""
+        if len(paintings) >= MAX_PAINTINGS:
+            return
+        left, top, right, bottom = (int(round(v)) for v in box)
+        found = await identify(photo.crop((left, top, right, bottom)))
+        located = self.locate(found, (float(left), float(top)))
+        known = {painting.matches[0].artwork.id for painting in paintings if painting.matches}
+        if located is None or found.candidates[0].artwork.id in known:
+            return
+        paintings.append(Painting(located[0], found.candidates, True, found.confidence, found.stage))
+        await self._beside(photo, box, located[0], points, identify, paintings)
+
+    def _parts(self, photo: Image.Image, points: np.ndarray) -> list[Box]:
+        """Where to look when nothing is located yet: the halves along the photo's long side
+        (a wall of two or three paintings is wider than tall), each with a tenth of overlap."""
+        width, height = float(photo.width), float(photo.height)
+        if max(width, height) < PARTS_ASPECT * min(width, height):
+            return []
+        spans = [(0.0, 0.55), (0.45, 1.0), (0.0, 0.4), (0.3, 0.7), (0.6, 1.0)]
+        if width >= height:
+            parts = [(a * width, 0.0, b * width, height) for a, b in spans]
+        else:
+            parts = [(0.0, a * height, width, b * height) for a, b in spans]
+        return [box for box in parts if _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS]
+
+    async def _beside(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray,
+                      identify: IdentifyImage, paintings: list[Painting]) -> None:
+        """Search the strips of `area` beside `region` for more paintings (recursively)."""
+        for strip in self._strips(photo, area, region, points):
+            await self._add(photo, strip, points, identify, paintings)
+
+    def _strips(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray) -> list[Box]:
+        """The parts of `area` left, right, above and below `region` (its frame left out) that
+        are large and textured enough to hold a painting, largest first."""
+        xs, ys = [x for x, _ in region], [y for _, y in region]
+        margin_x, margin_y = FRAME_MARGIN * (max(xs) - min(xs)), FRAME_MARGIN * (max(ys) - min(ys))
+        x0, y0, x1, y1 = min(xs) - margin_x, min(ys) - margin_y, max(xs) + margin_x, max(ys) + margin_y
+        left, top, right, bottom = area
+        strips = [(left, top, min(x0, right), bottom), (max(x1, left), top, right, bottom),
+                  (left, top, right, min(y0, bottom)), (left, max(y1, top), right, bottom)]
+        photo_area = photo.width * photo.height
+        kept = []
+        for box in strips:
+            width, height = box[2] - box[0], box[3] - box[1]
+            if width < 32 or height < 32 or width * height < MIN_STRIP_AREA * photo_area:
+                continue
+            if _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS:
+                kept.append(box)
+        return sorted(kept, key=lambda box: -(box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _keypoints_in(points: np.ndarray, box: Box) -> int:
+    return int(((points[:, 0] >= box[0]) & (points[:, 0] < box[2]) & (points[:, 1] >= box[1]) & (points[:, 1] < box[3])).sum())
+
+
+def in_upload_pixels(paintings: list[Painting], scale: float) -> list[Painting]:
+    """Regions in the uploaded photo's pixels (the photo may have been decoded smaller)."""
+    return [Painting(tuple((x * scale, y * scale) for x, y in p.region), p.matches, p.in_gallery, p.confidence,  # type: ignore[arg-type]
+                     p.decided_by) for p in paintings]
