@@ -95,7 +95,7 @@ def _framed(painting: Image.Image, rng: np.random.Generator) -> Image.Image:
 def wall_distortion(images: Sequence[Image.Image], rng: np.random.Generator) -> tuple[Image.Image, int]:
     """2-3 framed paintings hung side by side on one wall (heights within +-25 % of each
     other, gaps of 15-50 % of a painting's width), photographed as in `photo` with a milder
-    perspective (8 %) and tilt (3 degrees), at 640-1280 px so each painting keeps about the
+    perspective (8 %) and tilt (3 degrees), at 900-1600 px so each painting keeps about the
     pixels a one-painting photo gives it."""
     height = rng.uniform(260, 420)
     pieces = []
@@ -113,7 +113,7 @@ def wall_distortion(images: Sequence[Image.Image], rng: np.random.Generator) -> 
     for piece in pieces:
         wall.paste(piece, (left, margin + (tallest - piece.height) // 2))
         left += piece.width + gap
-    return _photographed(wall, rng, corner_shift=0.08, rotation_sd=3.0, max_sides=(640, 1280))
+    return _photographed(wall, rng, corner_shift=0.08, rotation_sd=3.0, max_sides=(900, 1600))
 
 
 Distortion = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, int]]

@@ -31,8 +31,13 @@ MIN_STRIP_AREA = 0.08
 """a strip smaller than this fraction of the photo holds no painting worth naming"""
 MIN_STRIP_KEYPOINTS = 40
 """of the photo's (up to 500): fewer, and the strip is wall"""
-PARTS_ASPECT = 1.3
-"""a photo this much wider than tall (or taller than wide) may show paintings side by side"""
+TEXTURE_SIDE = 320
+"""the side of the grey copy textured parts are found on"""
+TEXTURE_FLOOR = 4.0
+DISTINCT_IOU = 0.6
+"""proposals overlapping more than this are one"""
+CLUSTER_FOUND_OVERLAP = 0.5
+"""a cluster mostly inside a painting already found is that painting"""
 Box = tuple[float, float, float, float]
 
 
@@ -99,10 +104,14 @@ class PaintingFinder:
         paintings: list[Painting] = []
         if located is not None:
             paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage))
-            await self._beside(photo, (0.0, 0.0, float(photo.width), float(photo.height)), located[0], points, identify, paintings)
-        else:  # the photo as a whole did not locate its answer: several small paintings, or one hard photo
-            for part in self._parts(photo, points):
-                await self._add(photo, part, points, identify, paintings)
+        for cluster in clusters(photo):
+            if any(_overlap(cluster, painting.region) > CLUSTER_FOUND_OVERLAP for painting in paintings):
+                continue  # mostly a painting already found
+            around = [painting for painting in paintings if _contains(cluster, painting.region)]
+            if around:  # a painting found and its surroundings: look only beside it
+                await self._beside(photo, cluster, around[0].region, points, identify, paintings)
+            else:
+                await self._add(photo, cluster, points, identify, paintings)
         if not paintings:
             return [Painting(whole, first.candidates, first.in_gallery, first.confidence, first.stage)]
         return sorted(paintings, key=lambda painting: -painting.area)
@@ -121,19 +130,6 @@ class PaintingFinder:
             return
         paintings.append(Painting(located[0], found.candidates, True, found.confidence, found.stage))
         await self._beside(photo, box, located[0], points, identify, paintings)
-
-    def _parts(self, photo: Image.Image, points: np.ndarray) -> list[Box]:
-        """Where to look when nothing is located yet: the halves along the photo's long side
-        (a wall of two or three paintings is wider than tall), each with a tenth of overlap."""
-        width, height = float(photo.width), float(photo.height)
-        if max(width, height) < PARTS_ASPECT * min(width, height):
-            return []
-        spans = [(0.0, 0.55), (0.45, 1.0), (0.0, 0.4), (0.3, 0.7), (0.6, 1.0)]
-        if width >= height:
-            parts = [(a * width, 0.0, b * width, height) for a, b in spans]
-        else:
-            parts = [(0.0, a * height, width, b * height) for a, b in spans]
-        return [box for box in parts if _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS]
 
     async def _beside(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray,
                       identify: IdentifyImage, paintings: list[Painting]) -> None:
@@ -159,6 +155,59 @@ class PaintingFinder:
             if _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS:
                 kept.append(box)
         return sorted(kept, key=lambda box: -(box[2] - box[0]) * (box[3] - box[1]))
+
+
+def clusters(photo: Image.Image) -> list[Box]:
+    """Textured islands in blank wall, the way paintings hang: local contrast of a small grey
+    copy of the photo, split from the wall's at two levels (Otsu's, for walls with strong
+    paintings; three times the flattest fifth's, for faint ones), opened, closed and split
+    into connected parts; each distinct part's bounding box, largest first."""
+    scale = TEXTURE_SIDE / max(photo.size)
+    small = np.asarray(photo.convert("L").resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))),
+                       dtype=np.float32)
+    contrast = cv2.blur(np.abs(cv2.Laplacian(small, cv2.CV_32F)), (3, 3))
+    otsu, _ = cv2.threshold(np.clip(contrast, 0, 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    boxes: list[Box] = []
+    for level in (otsu, 3 * float(np.percentile(contrast, 20))):
+        for box in _parts((contrast > max(TEXTURE_FLOOR, level)).astype(np.uint8)):
+            scaled = (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
+            if all(_iou(scaled, other) < DISTINCT_IOU for other in boxes):
+                boxes.append(scaled)
+    return sorted(boxes, key=lambda box: -(box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _parts(textured: np.ndarray) -> list[Box]:
+    # opening first: the thin lines where the wall meets the photo's fill or a shadow would
+    # join every painting into one part; then closing fills each painting's own flat patches
+    opened = cv2.morphologyEx(textured, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    closed = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    return [(float(left), float(top), float(left + width), float(top + height)) for left, top, width, height, area in stats[1:count]
+            if width * height >= MIN_STRIP_AREA * closed.size and area >= 0.3 * width * height]
+
+
+def _contains(box: Box, region: tuple[Point, ...]) -> bool:
+    """Whether `box` holds (nine tenths of) the bounding box of `region`."""
+    xs, ys = [x for x, _ in region], [y for _, y in region]
+    inner = (min(xs), min(ys), max(xs), max(ys))
+    width = max(0.0, min(box[2], inner[2]) - max(box[0], inner[0]))
+    height = max(0.0, min(box[3], inner[3]) - max(box[1], inner[1]))
+    return width * height >= 0.9 * (inner[2] - inner[0]) * (inner[3] - inner[1])
+
+
+def _iou(a: Box, b: Box) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _overlap(box: Box, region: tuple[Point, ...]) -> float:
+    """The fraction of `box` inside the bounding box of `region`."""
+    xs, ys = [x for x, _ in region], [y for _, y in region]
+    width = max(0.0, min(box[2], max(xs)) - max(box[0], min(xs)))
+    height = max(0.0, min(box[3], max(ys)) - max(box[1], min(ys)))
+    return width * height / max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
 
 
 def _keypoints_in(points: np.ndarray, box: Box) -> int:
