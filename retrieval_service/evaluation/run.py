@@ -13,7 +13,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from whatart.retrieval_service.evaluation import harness
+from whatart.retrieval_service.evaluation import harness, wall
 from whatart.retrieval_service.evaluation.early_answers import fit_early_answers
 from whatart.retrieval_service.evaluation.holdout import is_held_out
 from whatart.retrieval_service.identify.calibration import Calibration
@@ -28,7 +28,7 @@ from whatart.retrieval_service.triton.encoder import TritonEncoder, resolve_mode
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ("seed", "photo", "open-set")
+PROTOCOL_NAMES = ("seed", "photo", "open-set", "wall")
 
 
 async def _ensure_gallery(index_dir: Path, source: GallerySource, encoder: TritonEncoder, settings: Settings) -> Gallery:
@@ -94,15 +94,20 @@ async def evaluate(settings: Settings, source_spec: str, protocols: list[str], n
     }
     try:
         served = await identifying.served_model()
-        retrieval = [p for p in protocols if p != "open-set"]
+        retrieval = [p for p in protocols if p in harness.RETRIEVAL_PROTOCOLS]
         retrieval_outcomes: list[harness.Outcome] = []
         if retrieval:
             gallery = await _ensure_gallery(index_dir, source, encoder, settings)
             identifier = Identifier(gallery, identifying, served, settings)
             for protocol in retrieval:
                 outcomes = await _retrieval(identifier, source.artworks, protocol, n, seed, concurrency)
-                measured[protocol] = {**asdict(harness.retrieval_report(outcomes)), "decided_by": harness.decided_by(outcomes)}
+                measured[protocol] = {**asdict(harness.retrieval_report(outcomes)), "decided_by": harness.decided_by(outcomes),
+                                      "phantom_rate": wall.phantom_rate(outcomes)}
                 retrieval_outcomes += outcomes
+        if "wall" in protocols:
+            gallery = await _ensure_gallery(index_dir, source, encoder, settings)
+            walls = wall.wall_queries(source.artworks, n, seed)
+            measured["wall"] = asdict(await wall.run_walls(Identifier(gallery, identifying, served, settings), walls, concurrency))
         if "open-set" in protocols:
             held_out = [a for a in source.artworks if is_held_out(a.id)]
             kept = [a for a in source.artworks if not is_held_out(a.id)]
@@ -132,7 +137,13 @@ def table(results: dict) -> str:
             r = measured[protocol]
             decided = " ".join(f"{stage} {count}" for stage, count in r["decided_by"].items())
             lines.append(f"{protocol:<10} {r['queries']:>7} {r['top1']:>7.1%} {r['top5']:>7.1%} {r['map5']:>7.3f} "
-                         f"{r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f}  decided by: {decided}")
+                         f"{r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f}  decided by: {decided}; "
+                         f"phantom paintings on {r['phantom_rate']:.1%}")
+    if "wall" in measured:
+        w = measured["wall"]
+        lines.append(f"wall: {w['photos']} photos, {w['paintings']} paintings: all found on {w['all_found']:.1%}, per painting "
+                     f"{w['per_painting_top1']:.1%}, {w['extra_entries']} other entries; p50 / p95 "
+                     f"{w['latency_p50_ms']:.0f} / {w['latency_p95_ms']:.0f} ms")
     if "open-set" in measured:
         chosen = measured["open-set"]["chosen_threshold"]
         lines.append(f"open-set: 'not in gallery' precision {chosen['not_in_gallery_precision']:.1%}, recall "
