@@ -78,9 +78,9 @@ class PaintingFinder:
     def __init__(self, gallery: Gallery, calibration: Calibration, max_side: int) -> None:
         self.gallery, self.calibration, self.max_side = gallery, calibration, max_side
 
-    def locate(self, found: Located, offset: Point) -> tuple[tuple[Point, Point, Point, Point], GeometricMatch] | None:
-        """The top match's outline in the photo's pixels (the image found at `offset` in it),
-        when it verifies as in the gallery; else None."""
+    def locate(self, found: Located, offset: Point, zoom: float = 1.0) -> tuple[tuple[Point, Point, Point, Point], GeometricMatch] | None:
+        """The top match's outline in the photo's pixels (the image found at `offset` in it,
+        enlarged `zoom` times), when it verifies as in the gallery; else None."""
         if not found.candidates:
             return None
         top = found.candidates[0]
@@ -91,7 +91,7 @@ class PaintingFinder:
         width, height = gallery_frame(top.artwork.image_path, stored, self.max_side)
         corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
         in_features = cv2.perspectiveTransform(corners, np.linalg.inv(match.photo_to_gallery)).reshape(-1, 2)
-        scale = feature_scale(found.size, self.max_side)
+        scale = feature_scale(found.size, self.max_side) / zoom
         quad = tuple((float(x * scale + offset[0]), float(y * scale + offset[1])) for x, y in in_features)
         return quad, match  # type: ignore[return-value]
 
@@ -123,8 +123,12 @@ class PaintingFinder:
         if len(paintings) >= MAX_PAINTINGS:
             return
         left, top, right, bottom = (int(round(v)) for v in box)
-        found = await identify(photo.crop((left, top, right, bottom)))
-        located = self.locate(found, (float(left), float(top)))
+        crop = photo.crop((left, top, right, bottom))
+        zoom = max(1.0, self.max_side / max(crop.size))  # a small painting gets as many keypoints as a photo of one
+        if zoom > 1:
+            crop = crop.resize((round(crop.width * zoom), round(crop.height * zoom)), Image.Resampling.BICUBIC)
+        found = await identify(crop)
+        located = self.locate(found, (float(left), float(top)), zoom)
         known = {painting.matches[0].artwork.id for painting in paintings if painting.matches}
         if located is None or found.candidates[0].artwork.id in known:
             return
