@@ -18,6 +18,11 @@ def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
         match.setdefault("inliers", None)
     for painting in answer.get("paintings", []):
         painting["region"] = [[corner["x"], corner["y"]] for corner in painting["region"]]
+        if "explanation" in painting:
+            explanation = painting["explanation"]
+            explanation["pairs"] = [[pair["photo_x"], pair["photo_y"], pair["gallery_x"], pair["gallery_y"]]
+                                    for pair in explanation.get("pairs", [])]
+            explanation["gallery_region"] = [[corner["x"], corner["y"]] for corner in explanation.get("gallery_region", [])]
     if not response.HasField("error"):
         answer.pop("error", None)
     return answer
@@ -30,10 +35,11 @@ class WhatartGrpcClient:
         self.timeout_s = timeout_s
         self.metadata = grpc_metadata(token)
 
-    def identify(self, image: bytes, k: int = 0, request_id: str = "", where: MetadataFilter | None = None) -> dict:
+    def identify(self, image: bytes, k: int = 0, request_id: str = "", where: MetadataFilter | None = None,
+                 explain: bool = False) -> dict:
         """One answer (among the artworks `where` keeps); a refused request raises
         grpc.RpcError (its code() and details() say why)."""
-        request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where))
+        request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where), explain=explain)
         return to_dict(self.stub.Identify(request, timeout=self.timeout_s, metadata=self.metadata))
 
     def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0, where: MetadataFilter | None = None) -> Iterator[dict]:

@@ -23,17 +23,20 @@ class WhatartClient:
         self.server_url = server_url.rstrip("/")
         self._http = httpx.Client(base_url=self.server_url, timeout=timeout_s, headers=bearer(token))
 
-    def identify(self, image: bytes, k: int | None = None, filename: str = "image", where: MetadataFilter | None = None) -> dict:
-        """The answer among the artworks `where` keeps (all when None)."""
-        data = {**({"k": str(k)} if k is not None else {}), **(where.conditions() if where else {})}
+    def identify(self, image: bytes, k: int | None = None, filename: str = "image", where: MetadataFilter | None = None,
+                 explain: bool = False) -> dict:
+        """The answer among the artworks `where` keeps (all when None); `explain`: with each
+        painting's kept correspondences."""
+        data = {**({"k": str(k)} if k is not None else {}), **(where.conditions() if where else {}),
+                **({"explain": "true"} if explain else {})}
         return self._json(self._request("POST", "/v1/identify", files={"image": (filename, image)}, data=data))
 
-    def identify_file(self, path: Path, k: int | None = None, where: MetadataFilter | None = None) -> dict:
+    def identify_file(self, path: Path, k: int | None = None, where: MetadataFilter | None = None, explain: bool = False) -> dict:
         try:
             image = path.read_bytes()
         except OSError as error:
             raise ServiceError(f"cannot read {path}: {error.strerror}") from None
-        return self.identify(image, k, filename=path.name, where=where)
+        return self.identify(image, k, filename=path.name, where=where, explain=explain)
 
     def artwork_image(self, artwork_id_or_url: str) -> bytes:
         """Image bytes, given an artwork's `image_url` from a match."""

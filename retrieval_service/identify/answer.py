@@ -59,6 +59,24 @@ Point = tuple[float, float]
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Why a painting's top match: the correspondences verification kept, and where the photo's
+    view of the painting falls in the gallery image."""
+
+    pairs: list[tuple[float, float, float, float]]
+    """photo x, y (uploaded pixels) and gallery x, y (the gallery image's pixels) of each kept match"""
+    gallery_region: tuple[Point, Point, Point, Point]
+    """the photo (or the part of it searched) mapped into the gallery image's pixels"""
+
+    def scaled(self, photo_scale: float) -> Explanation:
+        return Explanation([(x * photo_scale, y * photo_scale, gx, gy) for x, y, gx, gy in self.pairs], self.gallery_region)
+
+    def to_json(self) -> dict[str, object]:
+        return {"pairs": [[round(v, 1) for v in pair] for pair in self.pairs],
+                "gallery_region": [[round(x, 1), round(y, 1)] for x, y in self.gallery_region]}
+
+
+@dataclass(frozen=True)
 class Painting:
     """One painting found in the photo (paintings.py): where, and what it is."""
 
@@ -69,15 +87,21 @@ class Painting:
     in_gallery: bool
     confidence: float
     decided_by: str
+    explanation: Explanation | None = None
+    """for the top match when verification located it"""
 
     @property
     def area(self) -> float:
         xs, ys = zip(*self.region, strict=True)
         return 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(4)))
 
-    def to_json(self) -> dict[str, object]:
-        return {"region": [[round(x, 1), round(y, 1)] for x, y in self.region], "matches": [m.to_json() for m in self.matches],
-                "in_gallery": self.in_gallery, "confidence": round(self.confidence, 4), "decided_by": self.decided_by}
+    def to_json(self, explain: bool = False) -> dict[str, object]:
+        answer: dict[str, object] = {
+            "region": [[round(x, 1), round(y, 1)] for x, y in self.region], "matches": [m.to_json() for m in self.matches],
+            "in_gallery": self.in_gallery, "confidence": round(self.confidence, 4), "decided_by": self.decided_by}
+        if explain:
+            answer["explanation"] = self.explanation.to_json() if self.explanation else None
+        return answer
 
 
 @dataclass(frozen=True)
@@ -97,7 +121,8 @@ class Identification:
     paintings: list[Painting] = field(default_factory=list)
     """every painting found, largest first; the first is the one `matches` etc. describe"""
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self, explain: bool = False) -> dict[str, object]:
+        """`explain`: each painting's explanation too (null where none was located)."""
         return {
             "matches": [m.to_json() for m in self.matches],
             "in_gallery": self.in_gallery,
@@ -110,7 +135,7 @@ class Identification:
             "model": self.model,
             "took_ms": self.took_ms,
             "timings_ms": self.timings_ms,
-            "paintings": [painting.to_json() for painting in self.paintings],
+            "paintings": [painting.to_json(explain) for painting in self.paintings],
         }
 
 

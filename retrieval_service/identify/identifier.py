@@ -182,7 +182,7 @@ class Identifier:
             decided_by=stage,
             predictions={task: self._predictions(task, probabilities[task], views) for task in self.served.heads},
             evidence=seen,
-            paintings=[Painting(p.region, p.matches[:k], p.in_gallery, p.confidence, p.decided_by) for p in paintings],
+            paintings=[Painting(p.region, p.matches[:k], p.in_gallery, p.confidence, p.decided_by, p.explanation) for p in paintings],
         )
 
     async def _decide(self, prepared: Prepared, k: int, where: MetadataFilter | None,

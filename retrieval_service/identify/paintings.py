@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 from PIL import Image
 from whatart.retrieval_service.features.local_features import LocalFeatures
-from whatart.retrieval_service.identify.answer import Candidate, Painting, Point
+from whatart.retrieval_service.identify.answer import Candidate, Explanation, Painting, Point
 from whatart.retrieval_service.identify.calibration import Calibration
-from whatart.retrieval_service.identify.verification import GeometricMatch, geometric_match
+from whatart.retrieval_service.identify.verification import geometric_match
 from whatart.retrieval_service.index.gallery import Gallery
 
 MAX_PAINTINGS = 4
@@ -62,25 +62,27 @@ def feature_scale(size: tuple[int, int], max_side: int) -> float:
     return max(size) / max_side if max(size) > max_side else 1.0
 
 
-def gallery_frame(image_path: str, features: LocalFeatures, max_side: int) -> tuple[float, float]:
-    """The size of the frame an artwork's stored features are in: its image scaled to
-    max_side (from the image's header); its keypoints' extent when the image is gone."""
+def gallery_frame(image_path: str, features: LocalFeatures, max_side: int) -> tuple[tuple[float, float], float]:
+    """The size of the frame an artwork's stored features are in (its image scaled to
+    max_side, from the image's header) and the image's pixels per frame pixel; its keypoints'
+    extent, and 1, when the image is gone."""
     try:
         with Image.open(image_path) as image:
             width, height = image.size
     except (OSError, ValueError):
-        return (float(features.points[:, 0].max()), float(features.points[:, 1].max())) if len(features) else (1.0, 1.0)
-    scale = 1 / feature_scale((width, height), max_side)
-    return width * scale, height * scale
+        extent = (float(features.points[:, 0].max()), float(features.points[:, 1].max())) if len(features) else (1.0, 1.0)
+        return extent, 1.0
+    scale = feature_scale((width, height), max_side)
+    return (width / scale, height / scale), scale
 
 
 class PaintingFinder:
     def __init__(self, gallery: Gallery, calibration: Calibration, max_side: int) -> None:
         self.gallery, self.calibration, self.max_side = gallery, calibration, max_side
 
-    def locate(self, found: Located, offset: Point, zoom: float = 1.0) -> tuple[tuple[Point, Point, Point, Point], GeometricMatch] | None:
+    def locate(self, found: Located, offset: Point, zoom: float = 1.0) -> tuple[tuple[Point, Point, Point, Point], Explanation] | None:
         """The top match's outline in the photo's pixels (the image found at `offset` in it,
-        enlarged `zoom` times), when it verifies as in the gallery; else None."""
+        enlarged `zoom` times) and what located it, when it verifies as in the gallery; else None."""
         if not found.candidates:
             return None
         top = found.candidates[0]
@@ -88,12 +90,16 @@ class PaintingFinder:
         match = geometric_match(found.features, stored)
         if match.photo_to_gallery is None or not self.calibration.in_gallery(match.inliers):
             return None
-        width, height = gallery_frame(top.artwork.image_path, stored, self.max_side)
+        (width, height), gallery_scale = gallery_frame(top.artwork.image_path, stored, self.max_side)
         corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
         in_features = cv2.perspectiveTransform(corners, np.linalg.inv(match.photo_to_gallery)).reshape(-1, 2)
         scale = feature_scale(found.size, self.max_side) / zoom
         quad = tuple((float(x * scale + offset[0]), float(y * scale + offset[1])) for x, y in in_features)
-        return quad, match  # type: ignore[return-value]
+        frame = np.float32([[0, 0], [found.size[0], 0], found.size, [0, found.size[1]]]) / feature_scale(found.size, self.max_side)
+        seen = cv2.perspectiveTransform(frame.reshape(-1, 1, 2), match.photo_to_gallery).reshape(-1, 2) * gallery_scale
+        pairs = [(float(x * scale + offset[0]), float(y * scale + offset[1]), float(gx * gallery_scale), float(gy * gallery_scale))
+                 for x, y, gx, gy in match.pairs]
+        return quad, Explanation(pairs, tuple((float(x), float(y)) for x, y in seen))  # type: ignore[return-value, arg-type]
 
     async def find(self, photo: Image.Image, first: Located, identify: IdentifyImage) -> list[Painting]:
         """Every painting in `photo` (decoded pixels), largest first; `first` is the whole
@@ -103,7 +109,7 @@ class PaintingFinder:
         points = first.features.points * feature_scale(first.size, self.max_side)
         paintings: list[Painting] = []
         if located is not None:
-            paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage))
+            paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage, located[1]))
         for cluster in clusters(photo):
             if any(_overlap(cluster, painting.region) > CLUSTER_FOUND_OVERLAP for painting in paintings):
                 continue  # mostly a painting already found
@@ -132,7 +138,7 @@ class PaintingFinder:
         known = {painting.matches[0].artwork.id for painting in paintings if painting.matches}
         if located is None or found.candidates[0].artwork.id in known:
             return
-        paintings.append(Painting(located[0], found.candidates, True, found.confidence, found.stage))
+        paintings.append(Painting(located[0], found.candidates, True, found.confidence, found.stage, located[1]))
         await self._beside(photo, box, located[0], points, identify, paintings)
 
     async def _beside(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray,
@@ -221,4 +227,4 @@ def _keypoints_in(points: np.ndarray, box: Box) -> int:
 def in_upload_pixels(paintings: list[Painting], scale: float) -> list[Painting]:
     """Regions in the uploaded photo's pixels (the photo may have been decoded smaller)."""
     return [Painting(tuple((x * scale, y * scale) for x, y in p.region), p.matches, p.in_gallery, p.confidence,  # type: ignore[arg-type]
-                     p.decided_by) for p in paintings]
+                     p.decided_by, p.explanation.scaled(scale) if p.explanation else None) for p in paintings]

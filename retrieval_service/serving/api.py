@@ -127,6 +127,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         artist: Annotated[str | None, Form(description="identify among this artist's works only")] = None,
         genre: Annotated[str | None, Form(description="... this genre's only")] = None,
         style: Annotated[str | None, Form(description="... this style's only")] = None,
+        explain: Annotated[bool, Form(description="each painting's top match with the correspondences that verified it")] = False,
     ) -> JSONResponse:
         identifier = await current(request)
         k = _parse_k(k_form if k_form is not None else k_query, settings)
@@ -138,7 +139,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
             raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
         with admission.admitted():
             result = await identify_observed(identifier, data, k, "rest", where)
-        return JSONResponse(result.to_json())
+        return JSONResponse(result.to_json(explain))
 
     async def find_artwork(request: Request, artwork_id: str) -> Artwork:
         found = (await current(request)).gallery.metadata.by_id(artwork_id)

@@ -32,6 +32,7 @@ RECEIVE_LIMIT_UPLOADS = 2
 """gRPC accepts messages up to this many times the upload limit (+ 1 MiB), so that an image
 somewhat over the limit is refused on its own (a stream goes on); a larger message ends the
 call with RESOURCE_EXHAUSTED, as gRPC does."""
+CORRESPONDENCE = ("photo_x", "photo_y", "gallery_x", "gallery_y")
 HEALTH_CHECK_S = 2.0
 GRPC_IDLE_CLOSE_MS = 5 * 60 * 1000
 """A client connection with no call for this long is closed (gRPC's own idle timeout)."""
@@ -100,9 +101,15 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         except DependencyUnavailable as error:
             log.warning("%s", error)
             raise RequestRefused(grpc.StatusCode.UNAVAILABLE, error.public_message) from None
-        answer = result.to_json()
-        for painting in answer["paintings"]:  # corners are [x, y] in JSON, Point messages here
+        answer = result.to_json(request.explain)
+        for painting in answer["paintings"]:  # corners and pairs are lists in JSON, messages here
             painting["region"] = [{"x": x, "y": y} for x, y in painting["region"]]
+            if painting.get("explanation"):
+                explanation = painting["explanation"]
+                explanation["pairs"] = [dict(zip(CORRESPONDENCE, pair, strict=True)) for pair in explanation["pairs"]]
+                explanation["gallery_region"] = [{"x": x, "y": y} for x, y in explanation["gallery_region"]]
+            else:
+                painting.pop("explanation", None)
         return json_format.ParseDict({**answer, "request_id": request_id}, whatart_pb2.IdentifyResponse())
 
     async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rwhatart.proto\x12\nwhatart.v1\"c\n\x0fIdentifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\"\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x12.whatart.v1.Filter\"d\n\x06\x46ilter\x12\x13\n\x06\x61rtist\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05genre\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05style\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_artistB\x08\n\x06_genreB\x08\n\x06_style\"\xb2\x01\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rtist\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\r\n\x05genre\x18\x04 \x01(\t\x12\r\n\x05style\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x14\n\x07inliers\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x11\n\timage_url\x18\n \x01(\tB\n\n\x08_inliers\"0\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"[\n\x0bPredictions\x12%\n\x05style\x18\x01 \x03(\x0b\x32\x16.whatart.v1.Prediction\x12%\n\x05genre\x18\x02 \x03(\x0b\x32\x16.whatart.v1.Prediction\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x92\x03\n\x10IdentifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.whatart.v1.Match\x12\x12\n\nin_gallery\x18\x03 \x01(\x08\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12,\n\x0bpredictions\x18\x05 \x01(\x0b\x32\x17.whatart.v1.Predictions\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07took_ms\x18\x07 \x01(\x01\x12?\n\ntimings_ms\x18\x08 \x03(\x0b\x32+.whatart.v1.IdentifyResponse.TimingsMsEntry\x12 \n\x05\x65rror\x18\t \x01(\x0b\x32\x11.whatart.v1.Error\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\'\n\tpaintings\x18\x0b \x03(\x0b\x32\x14.whatart.v1.Painting\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"\x8d\x01\n\x08Painting\x12!\n\x06region\x18\x01 \x03(\x0b\x32\x11.whatart.v1.Point\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.whatart.v1.Match\x12\x12\n\nin_gallery\x18\x03 \x01(\x08\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x12\n\ndecided_by\x18\x05 \x01(\t2\xa4\x01\n\nIdentifier\x12\x45\n\x08Identify\x12\x1b.whatart.v1.IdentifyRequest\x1a\x1c.whatart.v1.IdentifyResponse\x12O\n\x0eIdentifyStream\x12\x1b.whatart.v1.IdentifyRequest\x1a\x1c.whatart.v1.IdentifyResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rwhatart.proto\x12\nwhatart.v1\"t\n\x0fIdentifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\"\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x12.whatart.v1.Filter\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"d\n\x06\x46ilter\x12\x13\n\x06\x61rtist\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05genre\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05style\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_artistB\x08\n\x06_genreB\x08\n\x06_style\"\xb2\x01\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rtist\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\r\n\x05genre\x18\x04 \x01(\t\x12\r\n\x05style\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x14\n\x07inliers\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x11\n\timage_url\x18\n \x01(\tB\n\n\x08_inliers\"0\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"[\n\x0bPredictions\x12%\n\x05style\x18\x01 \x03(\x0b\x32\x16.whatart.v1.Prediction\x12%\n\x05genre\x18\x02 \x03(\x0b\x32\x16.whatart.v1.Prediction\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x92\x03\n\x10IdentifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.whatart.v1.Match\x12\x12\n\nin_gallery\x18\x03 \x01(\x08\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12,\n\x0bpredictions\x18\x05 \x01(\x0b\x32\x17.whatart.v1.Predictions\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07took_ms\x18\x07 \x01(\x01\x12?\n\ntimings_ms\x18\x08 \x03(\x0b\x32+.whatart.v1.IdentifyResponse.TimingsMsEntry\x12 \n\x05\x65rror\x18\t \x01(\x0b\x32\x11.whatart.v1.Error\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\'\n\tpaintings\x18\x0b \x03(\x0b\x32\x14.whatart.v1.Painting\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"\xbb\x01\n\x08Painting\x12!\n\x06region\x18\x01 \x03(\x0b\x32\x11.whatart.v1.Point\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.whatart.v1.Match\x12\x12\n\nin_gallery\x18\x03 \x01(\x08\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x12\n\ndecided_by\x18\x05 \x01(\t\x12,\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x17.whatart.v1.Explanation\"X\n\x0e\x43orrespondence\x12\x0f\n\x07photo_x\x18\x01 \x01(\x01\x12\x0f\n\x07photo_y\x18\x02 \x01(\x01\x12\x11\n\tgallery_x\x18\x03 \x01(\x01\x12\x11\n\tgallery_y\x18\x04 \x01(\x01\"c\n\x0b\x45xplanation\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.whatart.v1.Correspondence\x12)\n\x0egallery_region\x18\x02 \x03(\x0b\x32\x11.whatart.v1.Point2\xa4\x01\n\nIdentifier\x12\x45\n\x08Identify\x12\x1b.whatart.v1.IdentifyRequest\x1a\x1c.whatart.v1.IdentifyResponse\x12O\n\x0eIdentifyStream\x12\x1b.whatart.v1.IdentifyRequest\x1a\x1c.whatart.v1.IdentifyResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_IDENTIFYREQUEST']._serialized_start=29
-  _globals['_IDENTIFYREQUEST']._serialized_end=128
-  _globals['_FILTER']._serialized_start=130
-  _globals['_FILTER']._serialized_end=230
-  _globals['_MATCH']._serialized_start=233
-  _globals['_MATCH']._serialized_end=411
-  _globals['_PREDICTION']._serialized_start=413
-  _globals['_PREDICTION']._serialized_end=461
-  _globals['_PREDICTIONS']._serialized_start=463
-  _globals['_PREDICTIONS']._serialized_end=554
-  _globals['_ERROR']._serialized_start=556
-  _globals['_ERROR']._serialized_end=594
-  _globals['_IDENTIFYRESPONSE']._serialized_start=597
-  _globals['_IDENTIFYRESPONSE']._serialized_end=999
-  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=951
-  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=999
-  _globals['_POINT']._serialized_start=1001
-  _globals['_POINT']._serialized_end=1030
-  _globals['_PAINTING']._serialized_start=1033
-  _globals['_PAINTING']._serialized_end=1174
-  _globals['_IDENTIFIER']._serialized_start=1177
-  _globals['_IDENTIFIER']._serialized_end=1341
+  _globals['_IDENTIFYREQUEST']._serialized_end=145
+  _globals['_FILTER']._serialized_start=147
+  _globals['_FILTER']._serialized_end=247
+  _globals['_MATCH']._serialized_start=250
+  _globals['_MATCH']._serialized_end=428
+  _globals['_PREDICTION']._serialized_start=430
+  _globals['_PREDICTION']._serialized_end=478
+  _globals['_PREDICTIONS']._serialized_start=480
+  _globals['_PREDICTIONS']._serialized_end=571
+  _globals['_ERROR']._serialized_start=573
+  _globals['_ERROR']._serialized_end=611
+  _globals['_IDENTIFYRESPONSE']._serialized_start=614
+  _globals['_IDENTIFYRESPONSE']._serialized_end=1016
+  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=968
+  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=1016
+  _globals['_POINT']._serialized_start=1018
+  _globals['_POINT']._serialized_end=1047
+  _globals['_PAINTING']._serialized_start=1050
+  _globals['_PAINTING']._serialized_end=1237
+  _globals['_CORRESPONDENCE']._serialized_start=1239
+  _globals['_CORRESPONDENCE']._serialized_end=1327
+  _globals['_EXPLANATION']._serialized_start=1329
+  _globals['_EXPLANATION']._serialized_end=1428
+  _globals['_IDENTIFIER']._serialized_start=1431
+  _globals['_IDENTIFIER']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)
