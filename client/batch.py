@@ -78,7 +78,7 @@ def answered_files(out: Path) -> set[str]:
 
 
 def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, show_progress: bool = True,
-              where: MetadataFilter | None = None, max_bytes: int = Settings.max_upload_bytes) -> BatchReport:
+              where: MetadataFilter | None = None, max_bytes: int = Settings.max_upload_bytes, explain: bool = False) -> BatchReport:
     """`max_bytes`: files larger than this are answered here with an error, never sent
     (the service's WHATART_MAX_UPLOAD_BYTES; the client reads the same setting)."""
     started = time.perf_counter()
@@ -104,7 +104,7 @@ def run_batch(files: list[Path], out: Path, client: WhatartGrpcClient, k: int, s
     answered = failed = retry = 0
     with out.open("a", encoding="utf-8") as handle:
         try:
-            for answer in client.identify_stream(requests(), k, where):
+            for answer in client.identify_stream(requests(), k, where, explain):
                 position = answer.pop("request_id")
                 path = pending[int(position)]
                 if "error" in answer and answer["error"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0]:

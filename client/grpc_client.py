@@ -42,10 +42,11 @@ class WhatartGrpcClient:
         request = whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where), explain=explain)
         return to_dict(self.stub.Identify(request, timeout=self.timeout_s, metadata=self.metadata))
 
-    def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0, where: MetadataFilter | None = None) -> Iterator[dict]:
+    def identify_stream(self, images: Iterable[tuple[str, bytes]], k: int = 0, where: MetadataFilter | None = None,
+                        explain: bool = False) -> Iterator[dict]:
         """(request id, image bytes) in, answers out as they are ready (match them by
         `request_id`); a failed image comes back with `error` set."""
-        requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where))
+        requests = (whatart_pb2.IdentifyRequest(image=image, k=k, request_id=request_id, filter=_filter(where), explain=explain)
                     for request_id, image in images)
         for response in self.stub.IdentifyStream(requests, metadata=self.metadata):
             yield to_dict(response)

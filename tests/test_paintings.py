@@ -13,7 +13,7 @@ from PIL import Image
 from whatart.client.grpc_client import WhatartGrpcClient
 from whatart.retrieval_service.evaluation.protocols import make_query, make_wall_query
 
-from tests.helpers import ServiceEndpoints
+from tests.helpers import ServiceEndpoints, json_lines, run_cli
 
 WALL = ("met-436440", "met-459052")
 """two demo paintings whose wall (seed 0, index 2) the finder is known to separate"""
@@ -85,3 +85,18 @@ def test_grpc_answers_the_same_paintings_and_explanations(service: ServiceEndpoi
     for ours, theirs in zip(answer["paintings"], rest["paintings"], strict=True):
         assert np.allclose(ours["region"], theirs["region"], atol=0.1)
         assert len(ours["explanation"]["pairs"]) == len(theirs["explanation"]["pairs"])
+
+
+def test_the_cli_and_a_batch_write_every_painting(service: ServiceEndpoints, wall: bytes, tmp_path: Path) -> None:
+    folder = tmp_path / "walls"
+    folder.mkdir()
+    (folder / "wall.jpg").write_bytes(wall)
+    single = run_cli("identify", str(folder / "wall.jpg"), "--server", service.url, "--explain")
+    assert single.returncode == 0, single.stderr
+    [line] = json_lines(single.stdout)
+    assert sorted(_tops(line)) == sorted(WALL) and all(p["explanation"]["pairs"] for p in line["paintings"])
+    out = tmp_path / "results.jsonl"
+    batch = run_cli("identify", "--batch", str(folder), "--out", str(out), "--grpc", service.grpc, "--no-progress")
+    assert batch.returncode == 0, batch.stderr
+    [answer] = json_lines(out.read_text())
+    assert sorted(_tops(answer)) == sorted(WALL) and answer["paintings"][0]["region"] == line["paintings"][0]["region"]

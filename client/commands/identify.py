@@ -24,7 +24,7 @@ def _identify(args: argparse.Namespace, settings: Settings) -> int:
 
         def one(path: Path) -> dict:
             try:
-                return {"file": str(path), **client.identify_file(path, args.k, where)}
+                return {"file": str(path), **client.identify_file(path, args.k, where, explain=args.explain)}
             except ServiceError as error:
                 return {"file": str(path), "error": str(error), "status": error.status}
 
@@ -49,7 +49,7 @@ def _identify_batch(args: argparse.Namespace, settings: Settings) -> int:
     files = batch_files(args.batch)
     with WhatartGrpcClient(args.grpc or f"127.0.0.1:{settings.grpc_port}", token=settings.api_token) as client:
         report = run_batch(files, args.out, client, args.k or 0, show_progress=not args.no_progress, where=_metadata_filter(args),
-                           max_bytes=settings.max_upload_bytes)
+                           max_bytes=settings.max_upload_bytes, explain=args.explain)
     print(json.dumps({"files": report.files, "already_done": report.already_done, "answered": report.answered,
                       "failed": report.failed, "unavailable": report.unavailable, "seconds": round(report.seconds, 2),
                       "images_per_s": round(report.images_per_second, 1), "out": str(args.out)}))
@@ -65,6 +65,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc", help="gRPC address of the service for --batch (default 127.0.0.1:WHATART_GRPC_PORT)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--k", type=int, help="matches per image")
+    p.add_argument("--explain", action="store_true", help="with each painting's kept correspondences (`explanation`)")
     for field in FILTER_FIELDS:
         p.add_argument(f"--{field}", help=f"identify among the artworks whose {field} is exactly this only")
     p.add_argument("--server", dest="server_url")
