@@ -61,7 +61,8 @@ class Prepared:
     size: tuple[int, int]
     plain: np.ndarray
     others: np.ndarray
-    features: LocalFeatures | None
+    features: asyncio.Future[LocalFeatures] | None
+    """extracted in a thread while the views are encoded (None in global mode, which never verifies)"""
 
 
 def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> None:
@@ -122,15 +123,18 @@ class Identifier:
     def _decode(self, data: bytes) -> Image.Image:
         return decode_image(data, self.settings.max_image_pixels, self._draft_size, self.settings.max_image_aspect_ratio)
 
-    def _prepared(self, image: Image.Image) -> Prepared:
-        """An image's plain view and other views as model inputs, and its local features
-        (not in global mode, which never verifies)."""
+    def _views(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """An image's plain view and other views as model inputs."""
         settings, size = self.settings, self.served.input_size
         plain = query_views(image, size, rotations=(0.0,), crops=())
         if self.mode == "global":
-            return Prepared(image.size, plain, plain[:0], None)
-        others = query_views(image, size, tuple(r for r in settings.query_rotations if r != 0), settings.query_crops)
-        return Prepared(image.size, plain, others, self.extractor.extract(image))
+            return plain, plain[:0]
+        return plain, query_views(image, size, tuple(r for r in settings.query_rotations if r != 0), settings.query_crops)
+
+    async def _prepared(self, image: Image.Image) -> Prepared:
+        plain, others = await asyncio.to_thread(self._views, image)
+        features = None if self.mode == "global" else asyncio.ensure_future(asyncio.to_thread(self.extractor.extract, image))
+        return Prepared(image.size, plain, others, features)
 
     async def _search(self, views: np.ndarray, depth: int, where: MetadataFilter | None, timings: dict[str, float]) -> Ranked:
         started = time.perf_counter()
@@ -153,7 +157,7 @@ class Identifier:
         pixels = await asyncio.to_thread(decoding_pixels, data, self._draft_size)
         async with self.decoding.held(pixels):
             photo = await asyncio.to_thread(self._decode, data)
-            prepared = await asyncio.to_thread(self._prepared, photo)
+            prepared = await self._prepared(photo)
         timings = {"decode": time.perf_counter() - started}
         (stage, candidates, in_gallery, confidence), probabilities, views, seen = await self._decide(prepared, k, where, timings)
         if prepared.features is None:  # global mode: nothing located
@@ -162,11 +166,11 @@ class Identifier:
             located = time.perf_counter()
 
             async def identify_strip(strip: Image.Image) -> Located:
-                strip_prepared = await asyncio.to_thread(self._prepared, strip)
+                strip_prepared = await self._prepared(strip)
                 decision = (await self._decide(strip_prepared, k, where, timings))[0]
-                return Located(*decision, strip_prepared.features, strip.size)  # type: ignore[arg-type]
+                return Located(*decision, await strip_prepared.features, strip.size)  # type: ignore[arg-type, misc]
 
-            first = Located(stage, candidates, in_gallery, confidence, prepared.features, photo.size)
+            first = Located(stage, candidates, in_gallery, confidence, await prepared.features, photo.size)
             found = await self.paintings.find(photo, first, identify_strip)
             paintings = in_upload_pixels(found, upload_scale(data, photo))
             timings["paintings"] = time.perf_counter() - located
@@ -224,10 +228,10 @@ class Identifier:
     def _early(self, stage: str, ranked: Ranked) -> Decision:
         return stage, _unverified(ranked), True, self.calibration.early_answer(stage).precision
 
-    async def _verified(self, features: LocalFeatures | None, ranked: Ranked, timings: dict[str, float]) -> Decision:
+    async def _verified(self, features: asyncio.Future[LocalFeatures] | None, ranked: Ranked, timings: dict[str, float]) -> Decision:
         assert features is not None, "only global mode has no local features, and it never verifies"
         started = time.perf_counter()
-        candidates = await asyncio.to_thread(self.verifier.candidates, features, ranked)
+        candidates = await asyncio.to_thread(self.verifier.candidates, await features, ranked)
         timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - started
         top_inliers = (candidates[0].inliers or 0) if candidates else 0
         in_gallery = bool(candidates) and self.calibration.in_gallery(top_inliers)

@@ -36,6 +36,8 @@ TEXTURE_SIDE = 320
 TEXTURE_FLOOR = 4.0
 DISTINCT_IOU = 0.6
 """proposals overlapping more than this are one"""
+FILLS_PHOTO = 0.5
+"""a painting covering this much of the photo leaves no room for another"""
 CLUSTER_FOUND_OVERLAP = 0.5
 """a cluster mostly inside a painting already found is that painting"""
 Box = tuple[float, float, float, float]
@@ -110,6 +112,8 @@ class PaintingFinder:
         paintings: list[Painting] = []
         if located is not None:
             paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage, located[1]))
+            if _overlap((0.0, 0.0, float(photo.width), float(photo.height)), located[0]) >= FILLS_PHOTO:
+                return paintings  # no room for another painting worth naming
         for cluster in clusters(photo):
             if any(_overlap(cluster, painting.region) > CLUSTER_FOUND_OVERLAP for painting in paintings):
                 continue  # mostly a painting already found
