@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 from whatart.retrieval_service.features.local_features import LocalFeatures
-from whatart.retrieval_service.identify.answer import Candidate, Explanation, Painting, Point
+from whatart.retrieval_service.identify.answer import VERIFIED, Candidate, Explanation, Painting, Point
 from whatart.retrieval_service.identify.calibration import Calibration
 from whatart.retrieval_service.identify.verification import geometric_match
 from whatart.retrieval_service.index.gallery import Gallery
@@ -140,10 +140,16 @@ class PaintingFinder:
         found = await identify(crop)
         located = self.locate(found, (float(left), float(top)), zoom)
         known = {painting.matches[0].artwork.id for painting in paintings if painting.matches}
-        if located is None or found.candidates[0].artwork.id in known:
+        if not found.candidates or found.candidates[0].artwork.id in known:
             return
-        paintings.append(Painting(located[0], found.candidates, True, found.confidence, found.stage, located[1]))
-        await self._beside(photo, box, located[0], points, identify, paintings)
+        if located is not None:
+            region, explanation = located
+        elif found.stage != VERIFIED and found.in_gallery:  # certain by its embedding (calibrated) though too small to verify
+            region, explanation = ((box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])), None
+        else:
+            return
+        paintings.append(Painting(region, found.candidates, True, found.confidence, found.stage, explanation))
+        await self._beside(photo, box, region, points, identify, paintings)
 
     async def _beside(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray,
                       identify: IdentifyImage, paintings: list[Painting]) -> None:
