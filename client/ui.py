@@ -1,7 +1,10 @@
 """`whatart ui`: the Gradio demo page, a thin client of the REST service.
 
-It talks to the service over HTTP like any other client, fetches the match images through
-the service too (so it works behind a share link where the service is not reachable).
+Each painting the service finds in the photo is outlined and numbered on it (ui_drawing.py),
+and gets a card: its best match, and the photo beside the gallery image, the matching points
+verification kept joined by lines. One API endpoint, /identify, whether the upload or the
+button starts it. It talks to the service over HTTP like any other client, fetches the match
+images through the service too (so it works behind a share link where the service is not reachable).
 Gradio keeps uploads and the images it serves under GRADIO_TEMP_DIR (default /tmp/gradio):
 a photo is deleted as soon as it has been read for the service, the rest by CACHE_CLEANUP.
 """
@@ -20,6 +23,7 @@ from gradio.data_classes import ImageData  # noqa: E402
 from PIL import Image  # noqa: E402
 from pillow_heif import register_heif_opener  # noqa: E402
 from whatart.client.rest_client import ServiceError, WhatartClient  # noqa: E402
+from whatart.client.ui_drawing import annotate, open_photo, side_by_side  # noqa: E402
 from whatart.retrieval_service.settings import Settings  # noqa: E402
 
 register_heif_opener()  # gr.Image opens each upload with PIL, phones' HEIC photos too
@@ -34,26 +38,34 @@ CACHE_CLEANUP = (600, 600)
 10 min go (the match images it served, photos never identified); all of them at shutdown."""
 
 
-NOT_IN_GALLERY = "Not in the gallery — closest works:"
+NOT_IN_GALLERY = "Not in the gallery"
 NO_HEADS = ("Style and genre of the photo: not predicted — this server has no style/genre heads "
             "(`whatart train-head`, then `whatart export --head FILE`).")
+MAX_PAINTINGS = 4
+"""painting cards on the page: as many as the service finds in one photo at most"""
 
 
-def _describe_top(result: dict) -> str:
-    match = result["matches"][0]
-    card = (
-        f"### {match['title'] or 'Untitled'}\n"
-        f"**{match['artist'] or 'Unknown artist'}** · {match['date'] or 'undated'}\n\n"
+def _describe_top(painting: dict, number: int = 1) -> str:
+    """The card of painting `number`: its best match, how sure, and what decided it."""
+    match = painting["matches"][0]
+    title = match["title"] or "Untitled"
+    drawn = len((painting.get("explanation") or {}).get("pairs") or [])  # what the side-by-side picture joins
+    joined = f"\n\nBeside it: lines join the points of photo and gallery image that match ({drawn} kept)." if drawn else ""
+    heading = f"### {number}. {title}" if painting["in_gallery"] else f"### {number}. {NOT_IN_GALLERY}\n\nClosest work: **{title}**"
+    return (
+        f"{heading}\n\n**{match['artist'] or 'Unknown artist'}** · {match['date'] or 'undated'}\n\n"
         f"Genre: {match['genre'] or UNKNOWN} · Style / department: {match['style'] or UNKNOWN}\n\n"
-        f"Confidence **{result['confidence']:.0%}** · similarity {match['score']:.3f} · "
-        f"{_evidence(result, match)} · id `{match['id']}` · {result['took_ms']:.0f} ms"
+        f"Confidence **{painting['confidence']:.0%}** · similarity {match['score']:.3f} · "
+        f"{_evidence(painting, match)} · id `{match['id']}`{joined}"
     )
+
+
+def _heads(result: dict) -> str:
     guesses = " · ".join(
         f"{task}: {ranked[0]['label']} ({ranked[0]['probability']:.0%})"
         for task, ranked in result.get("predictions", {}).items() if ranked
     )
-    card += f"\n\nThe photo looks like — {guesses}" if guesses else f"\n\n{NO_HEADS}"
-    return card if result["in_gallery"] else f"**{NOT_IN_GALLERY}**\n\n{card}"
+    return f"The photo looks like — {guesses}" if guesses else NO_HEADS
 
 
 def _evidence(result: dict, match: dict) -> str:
@@ -90,8 +102,22 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:.3g} MB"
 
 
-def _caption(rank: int, match: dict) -> str:
-    return f"{rank}. {match['title'] or 'Untitled'} — {match['artist'] or 'Unknown'} ({match['score']:.3f})"
+def _caption(number: int, rank: int, match: dict) -> str:
+    return f"{number}·{rank}. {match['title'] or 'Untitled'} — {match['artist'] or 'Unknown'} ({match['score']:.3f})"
+
+
+def _paintings(result: dict) -> list[dict]:
+    """Every painting of the answer, largest first (a service without `paintings`: the photo)."""
+    whole = {key: result.get(key) for key in ("matches", "in_gallery", "confidence", "decided_by")}
+    return (result.get("paintings") or [{**whole, "region": None, "explanation": None}])[:MAX_PAINTINGS]
+
+
+def _read_photo(data: bytes) -> Image.Image | None:
+    try:
+        return open_photo(data)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        log.warning("cannot draw on the photo: %s", error)
+        return None
 
 
 def build_ui(client: WhatartClient, default_k: int, max_k: int, max_upload_bytes: int,
@@ -103,9 +129,16 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int, max_upload_bytes
             log.warning("no image for %s: %s", match["id"], error)
             return None
 
+    def answer(status: str, annotated: Image.Image | None = None, cards: list | None = None, others: list | None = None):
+        """The outputs: the annotated photo, the status, (box, card, evidence) per slot, the other matches."""
+        cards = cards or []
+        slots = [(gr.Column(visible=i < len(cards)), *(cards[i] if i < len(cards) else ("", None)))
+                 for i in range(MAX_PAINTINGS)]
+        return annotated, status, *[value for slot in slots for value in slot], others or []
+
     def identify(photo: str | None, k: float):
         if not photo:
-            return None, "", [], "Upload, paste or take a photo of an artwork first."
+            return answer("Upload, paste or take a photo of an artwork first.")
         path = Path(photo)
         try:
             image = path.read_bytes()
@@ -113,24 +146,41 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int, max_upload_bytes
         except FileNotFoundError:  # the same file, uploaded and identified at once elsewhere
             raise gr.Error(PHOTO_GONE) from None
         try:
-            result = client.identify(image, int(k), filename=path.name)
+            result = client.identify(image, int(k), filename=path.name, explain=True)
         except ServiceError as error:
             if error.status is None:
                 log.warning("%s", error)
-                return None, "", [], f"**Could not identify this image.** {NO_SERVICE}"
-            return None, "", [], f"**Could not identify this image.** {error}"
-        matches = result["matches"]
-        if not matches:
-            return None, "", [], "The gallery is empty."
-        top, rest = matches[0], matches[1:]
-        others = [(fetch_image(m), _caption(rank, m)) for rank, m in enumerate(rest, start=2)]
-        status = f"{len(matches)} matches from model {result['model']} in {result['took_ms']:.0f} ms."
-        return fetch_image(top), _describe_top(result), [o for o in others if o[0]], status
+                return answer(f"**Could not identify this image.** {NO_SERVICE}")
+            return answer(f"**Could not identify this image.** {error}")
+        if not result["matches"]:
+            return answer("The gallery is empty.")
+        paintings, upright = _paintings(result), _read_photo(image)
+        images: dict[str, Image.Image | None] = {}
+
+        def picture(match: dict) -> Image.Image | None:
+            if match["id"] not in images:
+                images[match["id"]] = fetch_image(match)
+            return images[match["id"]]
+
+        cards, others = [], []
+        for number, painting in enumerate(paintings, start=1):
+            top = painting["matches"][0]
+            if painting["region"] is None and upright is not None:
+                painting["region"] = [[0, 0], [upright.width, 0], [upright.width, upright.height], [0, upright.height]]
+            evidence = side_by_side(upright, painting, picture(top), number) if upright is not None else None
+            cards.append((_describe_top(painting, number), evidence))
+            others += [(picture(m), _caption(number, rank, m)) for rank, m in enumerate(painting["matches"][1:], start=2)]
+        annotated = annotate(upright, [p["region"] for p in paintings]) if upright is not None else None
+        found = f"{len(paintings)} painting{'s' if len(paintings) > 1 else ''} found"
+        status = (f"{found}; {len(result['matches'])} matches from model {result['model']} in {result['took_ms']:.0f} ms."
+                  f"\n\n{_heads(result)}")
+        return answer(status, annotated, cards, [o for o in others if o[0]])
 
     limit = _megabytes(max_upload_bytes)
     with gr.Blocks(title="whatart", delete_cache=cache_cleanup) as ui:
-        gr.Markdown(f"# whatart\nPhotograph or upload a painting (up to {limit}): whatart finds it in the gallery. "
-                    "Your photo is deleted from this server as soon as it has been sent for identification.")
+        gr.Markdown(f"# whatart\nPhotograph or upload paintings (a photo up to {limit}): whatart finds each one in the "
+                    "gallery, and shows why. Your photo is deleted from this server as soon as it has been sent for "
+                    "identification.")
         with gr.Row():
             with gr.Column():
                 # image_mode=None: the upload is passed on as it is, never copied in another mode
@@ -139,13 +189,20 @@ def build_ui(client: WhatartClient, default_k: int, max_k: int, max_upload_bytes
                 k = gr.Slider(1, max_k, value=default_k, step=1, label="Matches to show")
                 button = gr.Button("Identify", variant="primary", elem_id="identify")
             with gr.Column():
-                top_image = gr.Image(label="Best match", interactive=False, elem_id="top-image")
-                top_card = gr.Markdown(elem_id="top-match")
-        status = gr.Markdown(elem_id="status")
+                annotated = gr.Image(label="Paintings found, numbered", show_label=False, interactive=False,
+                                     format="png", elem_id="paintings-found")  # no label over painting 1's number
+        status = gr.Markdown(label="Summary", elem_id="status")
+        slots = []
+        for number in range(1, MAX_PAINTINGS + 1):
+            with gr.Column(visible=False, elem_id=f"painting-{number}", elem_classes="painting") as box, gr.Row():
+                card = gr.Markdown(label=f"Painting {number}", elem_id=f"painting-{number}-card", elem_classes="painting-card")
+                evidence = gr.Image(label=f"Painting {number}: the photo and its match, matching points joined",
+                                    interactive=False, format="png", scale=2, elem_id=f"painting-{number}-evidence",
+                                    elem_classes="evidence")
+            slots += [box, card, evidence]
         others = gr.Gallery(label="Other matches", columns=5, height="auto", elem_id="other-matches")
-        outputs = [top_image, top_card, others, status]
-        button.click(identify, [photo, k], outputs)
-        photo.upload(identify, [photo, k], outputs)
+        # one function, one API endpoint (/identify), whichever of the two starts it
+        gr.on([button.click, photo.upload], identify, [photo, k], [annotated, status, *slots, others], api_name="identify")
     return ui
 
 

@@ -1,7 +1,9 @@
-"""The Gradio page driven by a real headless Chromium (Debian's /usr/bin/chromium)."""
+"""The Gradio page driven by a real headless Chromium (Debian's /usr/bin/chromium), and its API
+through gradio_client: every painting in the photo outlined and numbered, and why each match."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -13,10 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from whatart.client.rest_client import WhatartClient
-from whatart.client.ui import NOT_AN_IMAGE, build_ui
+from whatart.client.ui import NOT_AN_IMAGE, NOT_IN_GALLERY, build_ui
+from whatart.client.ui_drawing import colour
+from whatart.retrieval_service.evaluation.protocols import make_wall_query
 
 from tests.helpers import WHATART, abstract_painting, distorted_copy, free_port, stop, wait_for_http
 
@@ -77,27 +82,119 @@ def _upload(browser, ui_url: str, photo: Path):
     return page
 
 
+WALL = ("met-436440", "met-459052")
+"""two demo paintings whose wall (seed 0, index 2) the service is known to separate"""
+
+
+@pytest.fixture(scope="module")
+def wall(met_images: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    by_id = {f"met-{path.stem}": path for path in met_images}
+    path = tmp_path_factory.mktemp("wall") / "wall.jpg"
+    path.write_bytes(make_wall_query([Image.open(by_id[i]) for i in WALL], seed=0, index=2))
+    return path
+
+
+def _title(service_url: str, artwork_id: str) -> str:
+    return httpx.get(f"{service_url}/v1/artworks/{artwork_id}", timeout=30).json()["title"]
+
+
+def _shown(page, selector: str) -> np.ndarray:
+    """A screenshot of the element, as RGB pixels."""
+    return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(int)
+
+
+def _coloured(pixels: np.ndarray, number: int, tolerance: int = 60) -> np.ndarray:
+    """Where the pixels have painting `number`'s outline colour: a mask."""
+    return np.abs(pixels - np.array(colour(number))).max(axis=2) < tolerance
+
+
+def _painting_cards(page):
+    return page.locator(".painting:visible")
+
+
 def test_uploading_a_photo_shows_the_painting_first(browser, ui_url: str, met_images: list[Path], tmp_path: Path) -> None:
     original = next(p for p in met_images if p.stem == "435809")  # The Harvesters
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(distorted_copy(original, np.random.default_rng(0)))
     page = _upload(browser, ui_url, photo)
-    top = page.locator("#top-match")
-    expect(top).to_contain_text("The Harvesters", timeout=60_000)
-    expect(top).to_contain_text("Pieter Bruegel the Elder")
-    expect(top).to_contain_text("1565")
-    expect(top).not_to_contain_text("Not in the gallery")
-    expect(top).to_contain_text("this server has no style/genre heads"), "the demo serves no heads, and says so"
-    expect(page.locator("#top-image img")).to_be_visible()
+    card = page.locator("#painting-1-card")
+    expect(card).to_contain_text("The Harvesters", timeout=60_000)
+    expect(card).to_contain_text("1. The Harvesters")
+    expect(card).to_contain_text("Pieter Bruegel the Elder")
+    expect(card).to_contain_text("1565")
+    expect(card).to_contain_text("Confidence")
+    expect(card).not_to_contain_text(NOT_IN_GALLERY)
+    expect(_painting_cards(page)).to_have_count(1)  # one painting in the photo: one card, one outline
+    expect(page.locator("#status")).to_contain_text("1 painting found")
+    expect(page.locator("#status")).to_contain_text("this server has no style/genre heads"), "the demo serves no heads, and says so"
+    evidence = page.locator("#painting-1-evidence img")
+    expect(evidence).to_be_visible()
+    width, height = evidence.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    assert width > height > 0, "the photo and the gallery image side by side"
     expect(page.locator("#other-matches img")).to_have_count(4, timeout=30_000)
+    expect(page.locator("#paintings-found img")).to_be_visible()
+    annotated = _shown(page, "#paintings-found img")
+    assert _coloured(annotated, 1).sum() > 200, "painting 1 is outlined in its colour"
+    assert _coloured(annotated, 2).sum() < 50, "and there is no painting 2"
     page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+
+
+def test_a_wall_of_two_paintings_shows_both_outlined_numbered_and_explained(browser, ui_url: str, service_url: str,
+                                                                            wall: Path, tmp_path: Path) -> None:
+    page = _upload(browser, ui_url, wall)
+    expect(page.locator("#status")).to_contain_text("2 paintings found", timeout=120_000)
+    expect(_painting_cards(page)).to_have_count(2)
+    cards = [page.locator(f"#painting-{number}-card") for number in (1, 2)]
+    for number, card in enumerate(cards, start=1):
+        expect(card).to_contain_text(f"{number}. ")
+        expect(card).not_to_contain_text(NOT_IN_GALLERY)
+    shown = " ".join(card.inner_text() for card in cards)
+    for artwork_id in WALL:
+        assert _title(service_url, artwork_id) in shown and artwork_id in shown, (artwork_id, shown)
+    evidence = page.locator(".evidence:visible img")
+    expect(evidence).to_have_count(2)
+    for number in (1, 2):
+        image = page.locator(f"#painting-{number}-evidence img")
+        expect(image).to_be_visible()
+        served = np.asarray(Image.open(io.BytesIO(httpx.get(image.evaluate("image => image.src"), timeout=30).content))
+                            .convert("RGB")).astype(int)
+        line = (served == colour(number)).all(axis=2)
+        gap = ((served == 255).all(axis=2) | line).all(axis=0)  # the columns between photo and gallery image: white
+        assert gap.sum() >= 10 and line[:, gap].sum() > 20, "matching points joined by lines across the gap"
+    annotated = _shown(page, "#paintings-found img")
+    masks = [_coloured(annotated, number) for number in (1, 2)]
+    assert all(mask.sum() > 200 for mask in masks), "each painting outlined in its own colour"
+    centres = [np.nonzero(mask)[1].mean() for mask in masks]
+    assert abs(centres[0] - centres[1]) > annotated.shape[1] / 4, "two outlines side by side, not one twice"
+    page.screenshot(path=str(tmp_path / "ui-wall.png"), full_page=True)
+
+
+def test_the_api_has_one_identify_endpoint_that_names_the_paintings(ui_url: str, service_url: str, wall: Path) -> None:
+    client = Client(ui_url, verbose=False, download_files=str(wall.parent / "downloads"))
+    api = client.view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/identify"] and not api["unnamed_endpoints"], api
+    endpoint = api["named_endpoints"]["/identify"]
+    parameters = [p["label"] for p in endpoint["parameters"]]
+    assert len(parameters) == 2 and parameters[0].startswith("Your photo") and parameters[1] == "Matches to show", parameters
+    labels = [r["label"] for r in endpoint["returns"]]
+    assert labels[:3] == ["Paintings found, numbered", "Summary", "Painting 1"] and "Other matches" in labels, labels
+    outputs = client.predict(handle_file(wall), 3, api_name="/identify")
+    assert len(outputs) == len(labels)
+    texts = " ".join(o for o in outputs if isinstance(o, str))
+    for artwork_id in WALL:
+        assert _title(service_url, artwork_id) in texts, texts
+    assert Path(outputs[0]).is_file(), "the annotated photo"
+    assert "2 paintings found" in outputs[1]
 
 
 def test_a_work_outside_the_gallery_is_announced_as_such(browser, ui_url: str, tmp_path: Path) -> None:
     photo = tmp_path / "unknown.jpg"
     photo.write_bytes(abstract_painting(seed=5))
     page = _upload(browser, ui_url, photo)
-    expect(page.locator("#top-match")).to_contain_text("Not in the gallery — closest works:", timeout=60_000)
+    card = page.locator("#painting-1-card")
+    expect(card).to_contain_text(f"1. {NOT_IN_GALLERY}", timeout=60_000)
+    expect(card).to_contain_text("Closest work")
+    expect(_painting_cards(page)).to_have_count(1)
     page.screenshot(path=str(tmp_path / "ui-unknown.png"), full_page=True)
 
 
@@ -131,7 +228,8 @@ def test_a_photo_over_the_limit_is_refused_before_it_is_stored(browser, small_li
     page = _upload(browser, url, photo)
     expect(page.locator("body")).to_contain_text("Your photo (up to 1 MB)")
     expect(page.locator("body")).to_contain_text("exceed the maximum allowed size of 1.0 Mb", timeout=30_000)
-    expect(page.locator("#top-match")).to_have_text("")
+    expect(_painting_cards(page)).to_have_count(0)
+    expect(page.locator("#paintings-found img")).to_have_count(0)
     # a client other than the page's own script is refused by the server itself
     response = httpx.post(f"{url}/gradio_api/upload", files={"files": ("big.png", photo.read_bytes())})
     assert response.status_code == 413, response.text
@@ -163,7 +261,7 @@ def test_gradio_removes_the_images_it_served(browser, service_url: str, met_imag
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(distorted_copy(met_images[1], np.random.default_rng(4)))
         page = _upload(browser, f"http://127.0.0.1:{port}", photo)
-        expect(page.locator("#top-image img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#paintings-found img")).to_be_visible(timeout=60_000)
         deadline = time.monotonic() + 15
         while _files(tmp_path / "gradio") and time.monotonic() < deadline:
             time.sleep(0.5)

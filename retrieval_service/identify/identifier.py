@@ -54,6 +54,24 @@ Decision = tuple[str, list[Candidate], bool, float]
 """(deciding stage, candidates, in the gallery, confidence)"""
 
 
+class LazyFeatures:
+    """An image's local features, extracted in a thread once something needs them: a photo
+    its embedding settles needs none; later stages start them while views are encoded."""
+
+    def __init__(self, extractor: FeatureExtractor, image: Image.Image) -> None:
+        self.extractor, self.image = extractor, image
+        self._extracted: asyncio.Future[LocalFeatures] | None = None
+
+    def start(self) -> None:
+        if self._extracted is None:
+            self._extracted = asyncio.ensure_future(asyncio.to_thread(self.extractor.extract, self.image))
+
+    async def get(self) -> LocalFeatures:
+        self.start()
+        assert self._extracted is not None
+        return await self._extracted
+
+
 @dataclass(frozen=True)
 class Prepared:
     """An image as the cascade uses it."""
@@ -61,8 +79,8 @@ class Prepared:
     size: tuple[int, int]
     plain: np.ndarray
     others: np.ndarray
-    features: asyncio.Future[LocalFeatures] | None
-    """extracted in a thread while the views are encoded (None in global mode, which never verifies)"""
+    features: LazyFeatures | None
+    """None in global mode, which never verifies"""
 
 
 def check_compatible(gallery: Gallery, served: ServedModel, index_dir: str) -> None:
@@ -133,8 +151,7 @@ class Identifier:
 
     async def _prepared(self, image: Image.Image) -> Prepared:
         plain, others = await asyncio.to_thread(self._views, image)
-        features = None if self.mode == "global" else asyncio.ensure_future(asyncio.to_thread(self.extractor.extract, image))
-        return Prepared(image.size, plain, others, features)
+        return Prepared(image.size, plain, others, None if self.mode == "global" else LazyFeatures(self.extractor, image))
 
     async def _search(self, views: np.ndarray, depth: int, where: MetadataFilter | None, timings: dict[str, float]) -> Ranked:
         started = time.perf_counter()
@@ -151,8 +168,10 @@ class Identifier:
         timings["triton"] = timings.get("triton", 0.0) + time.perf_counter() - started
         return encoded
 
-    async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None) -> Identification:
-        """`where`: identify among the artworks whose metadata pass this filter only."""
+    async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None, explain: bool = False) -> Identification:
+        """`where`: identify among the artworks whose metadata pass this filter only.
+        A photo its embedding settles is taken as one painting (its region the whole photo)
+        unless `explain` asks where and why: other paintings would have lowered its certainty."""
         started = time.perf_counter()
         pixels = await asyncio.to_thread(decoding_pixels, data, self._draft_size)
         async with self.decoding.held(pixels):
@@ -162,15 +181,18 @@ class Identifier:
         (stage, candidates, in_gallery, confidence), probabilities, views, seen = await self._decide(prepared, k, where, timings)
         if prepared.features is None:  # global mode: nothing located
             paintings = []
+        elif stage == EMBEDDING and not explain:
+            whole = ((0.0, 0.0), (float(photo.width), 0.0), (float(photo.width), float(photo.height)), (0.0, float(photo.height)))
+            paintings = in_upload_pixels([Painting(whole, candidates, in_gallery, confidence, stage)], upload_scale(data, photo))
         else:
             located = time.perf_counter()
 
             async def identify_strip(strip: Image.Image) -> Located:
                 strip_prepared = await self._prepared(strip)
                 decision = (await self._decide(strip_prepared, k, where, timings))[0]
-                return Located(*decision, await strip_prepared.features, strip.size)  # type: ignore[arg-type, misc]
+                return Located(*decision, await strip_prepared.features.get(), strip.size)  # type: ignore[arg-type, union-attr]
 
-            first = Located(stage, candidates, in_gallery, confidence, await prepared.features, photo.size)
+            first = Located(stage, candidates, in_gallery, confidence, await prepared.features.get(), photo.size)
             found = await self.paintings.find(photo, first, identify_strip)
             paintings = in_upload_pixels(found, upload_scale(data, photo))
             timings["paintings"] = time.perf_counter() - located
@@ -213,6 +235,8 @@ class Identifier:
             return decision, probabilities, len(embeddings), seen
         if self._certain(EMBEDDING, seen):
             return self._early(EMBEDDING, ranked), probabilities, len(embeddings), seen
+        if prepared.features is not None:
+            prepared.features.start()  # while the other views are encoded: verification may need them
         if len(others):
             more, more_probabilities = await self._encode(others, timings)
             embeddings = np.concatenate([embeddings, more])
@@ -228,10 +252,10 @@ class Identifier:
     def _early(self, stage: str, ranked: Ranked) -> Decision:
         return stage, _unverified(ranked), True, self.calibration.early_answer(stage).precision
 
-    async def _verified(self, features: asyncio.Future[LocalFeatures] | None, ranked: Ranked, timings: dict[str, float]) -> Decision:
+    async def _verified(self, features: LazyFeatures | None, ranked: Ranked, timings: dict[str, float]) -> Decision:
         assert features is not None, "only global mode has no local features, and it never verifies"
         started = time.perf_counter()
-        candidates = await asyncio.to_thread(self.verifier.candidates, await features, ranked)
+        candidates = await asyncio.to_thread(self.verifier.candidates, await features.get(), ranked)
         timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - started
         top_inliers = (candidates[0].inliers or 0) if candidates else 0
         in_gallery = bool(candidates) and self.calibration.in_gallery(top_inliers)

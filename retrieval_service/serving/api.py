@@ -138,7 +138,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
         with admission.admitted():
-            result = await identify_observed(identifier, data, k, "rest", where)
+            result = await identify_observed(identifier, data, k, "rest", where, explain)
         return JSONResponse(result.to_json(explain))
 
     async def find_artwork(request: Request, artwork_id: str) -> Artwork:

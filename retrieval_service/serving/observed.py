@@ -14,11 +14,12 @@ from whatart.retrieval_service.index.metadata import MetadataFilter
 log = logging.getLogger("whatart.retrieval_service.serving.api")
 
 
-async def identify_observed(identifier: Identifier, data: bytes, k: int, api: str, where: MetadataFilter | None = None) -> Identification:
+async def identify_observed(identifier: Identifier, data: bytes, k: int, api: str, where: MetadataFilter | None = None,
+                            explain: bool = False) -> Identification:
     """`identifier.identify` with the service's metrics and one log line (`api`: rest or grpc;
     the request id is log_format.REQUEST_ID's)."""
     try:
-        result = await identifier.identify(data, k, where)
+        result = await identifier.identify(data, k, where, explain)
     except ImageError:
         metrics.IDENTIFY_REQUESTS.labels("bad_image").inc()
         raise

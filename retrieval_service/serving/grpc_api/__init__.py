@@ -95,7 +95,7 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         where = _metadata_filter(request)
         identifier = await self.current()
         try:
-            result = await identify_observed(identifier, request.image, k, "grpc", where)
+            result = await identify_observed(identifier, request.image, k, "grpc", where, request.explain)
         except ImageError as error:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except DependencyUnavailable as error:
