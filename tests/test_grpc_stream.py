@@ -21,7 +21,7 @@ BROKEN = b"this image breaks the identifier"
 class FailingIdentifier:
     """Answers every image but BROKEN, which raises what no handler names."""
 
-    async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None) -> Identification:
+    async def identify(self, data: bytes, k: int, where: MetadataFilter | None = None, explain: bool = False) -> Identification:
         await asyncio.sleep(0.01)
         if data == BROKEN:
             raise RuntimeError("an unforeseen failure")
