@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from whatart.retrieval_service.index.metadata import MetadataFilter
 from whatart.retrieval_service.serving.access import grpc_metadata
 from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
+from whatart.retrieval_service.serving.grpc_api.shapes import to_rest_shape
 
 
 def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
@@ -16,13 +17,7 @@ def to_dict(response: whatart_pb2.IdentifyResponse) -> dict:
     answer = json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     for match in answer.get("matches", []) + [m for p in answer.get("paintings", []) for m in p.get("matches", [])]:
         match.setdefault("inliers", None)
-    for painting in answer.get("paintings", []):
-        painting["region"] = [[corner["x"], corner["y"]] for corner in painting["region"]]
-        if "explanation" in painting:
-            explanation = painting["explanation"]
-            explanation["pairs"] = [[pair["photo_x"], pair["photo_y"], pair["gallery_x"], pair["gallery_y"]]
-                                    for pair in explanation.get("pairs", [])]
-            explanation["gallery_region"] = [[corner["x"], corner["y"]] for corner in explanation.get("gallery_region", [])]
+    to_rest_shape(answer)
     if not response.HasField("error"):
         answer.pop("error", None)
     return answer

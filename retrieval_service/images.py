@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,34 +56,39 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
         raise _decode_error(error) from None
 
 
-def decoding_pixels(data: bytes, draft_size: int | None = None) -> int:
-    """How many pixels decoding these bytes holds in memory at once (the declared canvas,
-    less JPEG's draft scaling), for budgeting concurrent decodes; 0 for what will not open."""
-    declared = _declared(data)
-    if declared is None:
+class Declared(NamedTuple):
+    """What an image's header says, before anything is decoded."""
+
+    format: str
+    size: tuple[int, int]
+
+
+def declared(data: bytes) -> Declared | None:
+    """The format and size the header declares, or None for what will not open (decode_image
+    then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Declared(str(image.format), image.size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def decoding_pixels(header: Declared | None, draft_size: int | None = None) -> int:
+    """How many pixels decoding the image holds in memory at once (the declared canvas, less
+    JPEG's draft scaling), for budgeting concurrent decodes; 0 for what will not open."""
+    if header is None:
         return 0
-    image_format, (width, height) = declared
-    scale = 1
-    if draft_size and image_format == "JPEG":
+    (width, height), scale = header.size, 1
+    if draft_size and header.format == "JPEG":
         while scale < 8 and min(width, height) // (2 * scale) >= draft_size:
             scale *= 2
     return (width // scale) * (height // scale)
 
 
-def upload_scale(data: bytes, decoded: Image.Image) -> float:
+def upload_scale(header: Declared | None, decoded: Image.Image) -> float:
     """Uploaded pixels per decoded pixel (JPEG may decode smaller; EXIF rotation aside, the
     long sides correspond)."""
-    declared = _declared(data)
-    return max(declared[1]) / max(decoded.size) if declared else 1.0
-
-
-def _declared(data: bytes) -> tuple[str, tuple[int, int]] | None:
-    """The format and size the header declares (nothing decoded), or None."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return str(image.format), image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
+    return max(header.size) / max(decoded.size) if header else 1.0
 
 
 def _opened(data: bytes, max_pixels: int, max_aspect_ratio: float) -> Image.Image:

@@ -20,8 +20,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image, ImageDraw, ImageFilter
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.triton.access_key import triton_api_key
-from whatart.retrieval_service.triton.encoder import KeyHeader
+from whatart.retrieval_service.triton.access_key import KeyHeader, triton_api_key
 from whatart.retrieval_service.triton.process import TritonConfig, TritonProcess
 
 WHATART = str(Path(sys.executable).with_name("whatart"))

@@ -18,8 +18,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 from whatart.retrieval_service.settings import Settings
-from whatart.retrieval_service.triton.access_key import KEY_HEADER, TritonKeyError, triton_api_key
-from whatart.retrieval_service.triton.encoder import EncoderUnavailable, KeyHeader, TritonEncoder
+from whatart.retrieval_service.triton.access_key import KEY_HEADER, KeyHeader, TritonKeyError, triton_api_key
+from whatart.retrieval_service.triton.encoder import EncoderUnavailable, TritonEncoder
 from whatart.retrieval_service.triton.model_contract import INPUT_NAME, OUTPUT_NAME
 from whatart.retrieval_service.triton.process import TritonConfig
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -35,11 +35,11 @@ from whatart.retrieval_service.identify.answer import (
     StageEvidence,
 )
 from whatart.retrieval_service.identify.calibration import Calibration, EarlyAnswer
-from whatart.retrieval_service.identify.paintings import Located, PaintingFinder, in_upload_pixels
+from whatart.retrieval_service.identify.paintings import Located, PaintingFinder, in_upload_pixels, whole_photo
 from whatart.retrieval_service.identify.search_batcher import SearchBatcher
 from whatart.retrieval_service.identify.verifier import ShortlistVerifier
 from whatart.retrieval_service.fair_slots import FairSlots
-from whatart.retrieval_service.images import decode_image, decoding_pixels, upload_scale
+from whatart.retrieval_service.images import declared, decode_image, decoding_pixels, upload_scale
 from whatart.retrieval_service.index.gallery import Gallery
 from whatart.retrieval_service.index.layout import GalleryError
 from whatart.retrieval_service.index.metadata import Artwork, MetadataFilter
@@ -173,31 +173,19 @@ class Identifier:
         A photo its embedding settles is taken as one painting (its region the whole photo)
         unless `explain` asks where and why: other paintings would have lowered its certainty."""
         started = time.perf_counter()
-        pixels = await asyncio.to_thread(decoding_pixels, data, self._draft_size)
-        async with self.decoding.held(pixels):
+        header = await asyncio.to_thread(declared, data)
+        async with self.decoding.held(decoding_pixels(header, self._draft_size)):
             photo = await asyncio.to_thread(self._decode, data)
             prepared = await self._prepared(photo)
         timings = {"decode": time.perf_counter() - started}
-        (stage, candidates, in_gallery, confidence), probabilities, views, seen = await self._decide(prepared, k, where, timings)
-        if prepared.features is None:  # global mode: nothing located
-            paintings = []
-        elif stage == EMBEDDING and not explain:
-            whole = ((0.0, 0.0), (float(photo.width), 0.0), (float(photo.width), float(photo.height)), (0.0, float(photo.height)))
-            paintings = in_upload_pixels([Painting(whole, candidates, in_gallery, confidence, stage)], upload_scale(data, photo))
-        else:
-            located = time.perf_counter()
-
-            async def identify_strip(strip: Image.Image) -> Located:
-                strip_prepared = await self._prepared(strip)
-                decision = (await self._decide(strip_prepared, k, where, timings))[0]
-                return Located(*decision, await strip_prepared.features.get(), strip.size)  # type: ignore[arg-type, union-attr]
-
-            first = Located(stage, candidates, in_gallery, confidence, await prepared.features.get(), photo.size)
-            found = await self.paintings.find(photo, first, identify_strip)
-            paintings = in_upload_pixels(found, upload_scale(data, photo))
-            timings["paintings"] = time.perf_counter() - located
-            stage, candidates, in_gallery, confidence = (paintings[0].decided_by, paintings[0].matches, paintings[0].in_gallery,
-                                                         paintings[0].confidence)
+        decision, probabilities, views, seen = await self._decide(prepared, k, where, timings)
+        paintings: list[Painting] = []
+        if prepared.features is not None:  # not global mode: there is something to locate
+            found = await self._paintings(photo, prepared, decision, k, where, timings, search=explain or decision[0] != EMBEDDING)
+            paintings = [replace(p, matches=p.matches[:k]) for p in in_upload_pixels(found, upload_scale(header, photo))]
+            first = paintings[0]
+            decision = first.decided_by, first.matches, first.in_gallery, first.confidence
+        stage, candidates, in_gallery, confidence = decision
         return Identification(
             matches=candidates[:k],
             in_gallery=in_gallery,
@@ -208,8 +196,28 @@ class Identifier:
             decided_by=stage,
             predictions={task: self._predictions(task, probabilities[task], views) for task in self.served.heads},
             evidence=seen,
-            paintings=[Painting(p.region, p.matches[:k], p.in_gallery, p.confidence, p.decided_by, p.explanation) for p in paintings],
+            paintings=paintings,
         )
+
+    async def _paintings(self, photo: Image.Image, prepared: Prepared, decision: Decision, k: int, where: MetadataFilter | None,
+                         timings: dict[str, float], search: bool) -> list[Painting]:
+        """The paintings in the photo (paintings.py), in decoded pixels; without `search`, the
+        decision alone, its region the whole photo."""
+        stage, candidates, in_gallery, confidence = decision
+        if not search:
+            return [Painting(whole_photo(photo.size), candidates, in_gallery, confidence, stage)]
+        started = time.perf_counter()
+
+        async def identify_part(part: Image.Image) -> Located:
+            part_prepared = await self._prepared(part)
+            part_decision = (await self._decide(part_prepared, k, where, timings))[0]
+            return Located(*part_decision, await part_prepared.features.get(), part.size)  # type: ignore[arg-type, union-attr]
+
+        assert prepared.features is not None
+        first = Located(stage, candidates, in_gallery, confidence, await prepared.features.get(), photo.size)
+        found = await self.paintings.find(photo, first, identify_part)
+        timings["paintings"] = time.perf_counter() - started
+        return found
 
     async def _decide(self, prepared: Prepared, k: int, where: MetadataFilter | None,
                       timings: dict[str, float]) -> tuple[Decision, dict[str, np.ndarray], int, dict[str, StageEvidence]]:

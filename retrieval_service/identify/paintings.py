@@ -1,13 +1,15 @@
-"""Every painting in the photo: locate the one identified, look beside it for more.
+"""Every painting in the photo: locate the one identified, then look for the others.
 
 The photo's identification (the cascade) names one painting. Its top match is verified
-against the photo (one homography, ~1 ms), and the match's outline mapped into the photo
-locates it. The strips of the photo beside that outline (its frame and a margin left out)
-that are large and textured enough are identified again, each on its own, and a painting
-found there is kept only when its own top match verifies to the calibrated "in the gallery"
-standard and is not one already found; then the strips beside it are searched in turn.
-Blank wall has too few keypoints to be searched, and anything else must verify as a gallery
-painting: a photo of one painting does not gain phantoms.
+against the photo (one homography, ~1 ms), and the gallery image's outline mapped into the
+photo locates it. Other paintings are proposed where the photo is textured (`proposals`:
+paintings are islands in blank wall) and beside each painting found (the strips left, right,
+above and below it, its frame left out, that hold enough keypoints). Each proposal is
+identified on its own, and a painting found there is kept only when it is not one already
+found and either its top match verifies there to the calibrated "in the gallery" standard or
+its cascade answered early (calibrated) while the proposal is too small to verify. Blank wall
+yields no proposal, and anything else must pass those standards: a photo of one painting
+does not gain phantoms.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from whatart.retrieval_service.features.local_features import LocalFeatures
 from whatart.retrieval_service.identify.answer import VERIFIED, Candidate, Explanation, Painting, Point
 from whatart.retrieval_service.identify.calibration import Calibration
 from whatart.retrieval_service.identify.verification import geometric_match
+from whatart.retrieval_service.images import MIN_SIDE
 from whatart.retrieval_service.index.gallery import Gallery
 
 MAX_PAINTINGS = 4
@@ -39,7 +42,7 @@ DISTINCT_IOU = 0.6
 FILLS_PHOTO = 0.5
 """a painting covering this much of the photo leaves no room for another"""
 CLUSTER_FOUND_OVERLAP = 0.5
-"""a cluster mostly inside a painting already found is that painting"""
+"""a proposal mostly inside a painting already found is that painting"""
 Box = tuple[float, float, float, float]
 
 
@@ -57,6 +60,14 @@ class Located:
 
 
 IdentifyImage = Callable[[Image.Image], Awaitable[Located]]
+
+
+Quad = tuple[Point, Point, Point, Point]
+
+
+def whole_photo(size: tuple[int, int]) -> Quad:
+    width, height = float(size[0]), float(size[1])
+    return (0.0, 0.0), (width, 0.0), (width, height), (0.0, height)
 
 
 def feature_scale(size: tuple[int, int], max_side: int) -> float:
@@ -82,7 +93,7 @@ class PaintingFinder:
     def __init__(self, gallery: Gallery, calibration: Calibration, max_side: int) -> None:
         self.gallery, self.calibration, self.max_side = gallery, calibration, max_side
 
-    def locate(self, found: Located, offset: Point, zoom: float = 1.0) -> tuple[tuple[Point, Point, Point, Point], Explanation] | None:
+    def locate(self, found: Located, offset: Point, zoom: float = 1.0) -> tuple[Quad, Explanation] | None:
         """The top match's outline in the photo's pixels (the image found at `offset` in it,
         enlarged `zoom` times) and what located it, when it verifies as in the gallery; else None."""
         if not found.candidates:
@@ -106,24 +117,23 @@ class PaintingFinder:
     async def find(self, photo: Image.Image, first: Located, identify: IdentifyImage) -> list[Painting]:
         """Every painting in `photo` (decoded pixels), largest first; `first` is the whole
         photo's identification."""
-        whole = ((0.0, 0.0), (float(photo.width), 0.0), (float(photo.width), float(photo.height)), (0.0, float(photo.height)))
         located = self.locate(first, (0.0, 0.0))
         points = first.features.points * feature_scale(first.size, self.max_side)
         paintings: list[Painting] = []
         if located is not None:
             paintings.append(Painting(located[0], first.candidates, first.in_gallery, first.confidence, first.stage, located[1]))
-            if _overlap((0.0, 0.0, float(photo.width), float(photo.height)), located[0]) >= FILLS_PHOTO:
+            if _overlap(_bounds(whole_photo(photo.size)), located[0]) >= FILLS_PHOTO:
                 return paintings  # no room for another painting worth naming
-        for cluster in clusters(photo):
-            if any(_overlap(cluster, painting.region) > CLUSTER_FOUND_OVERLAP for painting in paintings):
+        for proposal in proposals(photo):
+            if any(_overlap(proposal, painting.region) > CLUSTER_FOUND_OVERLAP for painting in paintings):
                 continue  # mostly a painting already found
-            around = [painting for painting in paintings if _contains(cluster, painting.region)]
+            around = [painting for painting in paintings if _contains(proposal, painting.region)]
             if around:  # a painting found and its surroundings: look only beside it
-                await self._beside(photo, cluster, around[0].region, points, identify, paintings)
+                await self._beside(photo, proposal, around[0].region, points, identify, paintings)
             else:
-                await self._add(photo, cluster, points, identify, paintings)
+                await self._add(photo, proposal, points, identify, paintings)
         if not paintings:
-            return [Painting(whole, first.candidates, first.in_gallery, first.confidence, first.stage)]
+            return [Painting(whole_photo(photo.size), first.candidates, first.in_gallery, first.confidence, first.stage)]
         return sorted(paintings, key=lambda painting: -painting.area)
 
     async def _add(self, photo: Image.Image, box: Box, points: np.ndarray, identify: IdentifyImage,
@@ -138,10 +148,10 @@ class PaintingFinder:
         if zoom > 1:
             crop = crop.resize((round(crop.width * zoom), round(crop.height * zoom)), Image.Resampling.BICUBIC)
         found = await identify(crop)
-        located = self.locate(found, (float(left), float(top)), zoom)
         known = {painting.matches[0].artwork.id for painting in paintings if painting.matches}
         if not found.candidates or found.candidates[0].artwork.id in known:
             return
+        located = self.locate(found, (float(left), float(top)), zoom)
         if located is not None:
             region, explanation = located
         elif found.stage != VERIFIED and found.in_gallery:  # certain by its embedding (calibrated) though too small to verify
@@ -160,24 +170,18 @@ class PaintingFinder:
     def _strips(self, photo: Image.Image, area: Box, region: tuple[Point, ...], points: np.ndarray) -> list[Box]:
         """The parts of `area` left, right, above and below `region` (its frame left out) that
         are large and textured enough to hold a painting, largest first."""
-        xs, ys = [x for x, _ in region], [y for _, y in region]
-        margin_x, margin_y = FRAME_MARGIN * (max(xs) - min(xs)), FRAME_MARGIN * (max(ys) - min(ys))
-        x0, y0, x1, y1 = min(xs) - margin_x, min(ys) - margin_y, max(xs) + margin_x, max(ys) + margin_y
+        x0, y0, x1, y1 = _bounds(region)
+        margin_x, margin_y = FRAME_MARGIN * (x1 - x0), FRAME_MARGIN * (y1 - y0)
+        x0, y0, x1, y1 = x0 - margin_x, y0 - margin_y, x1 + margin_x, y1 + margin_y
         left, top, right, bottom = area
         strips = [(left, top, min(x0, right), bottom), (max(x1, left), top, right, bottom),
                   (left, top, right, min(y0, bottom)), (left, max(y1, top), right, bottom)]
-        photo_area = photo.width * photo.height
-        kept = []
-        for box in strips:
-            width, height = box[2] - box[0], box[3] - box[1]
-            if width < 32 or height < 32 or width * height < MIN_STRIP_AREA * photo_area:
-                continue
-            if _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS:
-                kept.append(box)
-        return sorted(kept, key=lambda box: -(box[2] - box[0]) * (box[3] - box[1]))
+        kept = [box for box in strips if min(box[2] - box[0], box[3] - box[1]) >= MIN_SIDE
+                and _area(box) >= MIN_STRIP_AREA * photo.width * photo.height and _keypoints_in(points, box) >= MIN_STRIP_KEYPOINTS]
+        return sorted(kept, key=_area, reverse=True)
 
 
-def clusters(photo: Image.Image) -> list[Box]:
+def proposals(photo: Image.Image) -> list[Box]:
     """Textured islands in blank wall, the way paintings hang: local contrast of a small grey
     copy of the photo, split from the wall's at two levels (Otsu's, for walls with strong
     paintings; three times the flattest fifth's, for faint ones), opened, closed and split
@@ -193,7 +197,7 @@ def clusters(photo: Image.Image) -> list[Box]:
             scaled = (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
             if all(_iou(scaled, other) < DISTINCT_IOU for other in boxes):
                 boxes.append(scaled)
-    return sorted(boxes, key=lambda box: -(box[2] - box[0]) * (box[3] - box[1]))
+    return sorted(boxes, key=_area, reverse=True)
 
 
 def _parts(textured: np.ndarray) -> list[Box]:
@@ -206,28 +210,33 @@ def _parts(textured: np.ndarray) -> list[Box]:
             if width * height >= MIN_STRIP_AREA * closed.size and area >= 0.3 * width * height]
 
 
+def _bounds(region: tuple[Point, ...]) -> Box:
+    xs, ys = [x for x, _ in region], [y for _, y in region]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _area(box: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _intersection(a: Box, b: Box) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def _contains(box: Box, region: tuple[Point, ...]) -> bool:
     """Whether `box` holds (nine tenths of) the bounding box of `region`."""
-    xs, ys = [x for x, _ in region], [y for _, y in region]
-    inner = (min(xs), min(ys), max(xs), max(ys))
-    width = max(0.0, min(box[2], inner[2]) - max(box[0], inner[0]))
-    height = max(0.0, min(box[3], inner[3]) - max(box[1], inner[1]))
-    return width * height >= 0.9 * (inner[2] - inner[0]) * (inner[3] - inner[1])
+    inner = _bounds(region)
+    return _intersection(box, inner) >= 0.9 * _area(inner)
 
 
 def _iou(a: Box, b: Box) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    inter = _intersection(a, b)
+    return inter / (_area(a) + _area(b) - inter)
 
 
 def _overlap(box: Box, region: tuple[Point, ...]) -> float:
     """The fraction of `box` inside the bounding box of `region`."""
-    xs, ys = [x for x, _ in region], [y for _, y in region]
-    width = max(0.0, min(box[2], max(xs)) - max(box[0], min(xs)))
-    height = max(0.0, min(box[3], max(ys)) - max(box[1], min(ys)))
-    return width * height / max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
+    return _intersection(box, _bounds(region)) / max(_area(box), 1.0)
 
 
 def _keypoints_in(points: np.ndarray, box: Box) -> int:

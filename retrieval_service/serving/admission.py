@@ -11,8 +11,8 @@ places go first come first served (fair_slots.py), so concurrent streams take tu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from whatart.retrieval_service import metrics
 from whatart.retrieval_service.errors import WhatartError
@@ -64,14 +64,6 @@ class Admission:
         self.places.release(1)
         self.stream_places.release(1)
         self._counted()
-
-    @asynccontextmanager
-    async def stream_item(self) -> AsyncIterator[None]:
-        await self.stream_place()
-        try:
-            yield
-        finally:
-            self.release_stream_place()
 
     def _counted(self) -> None:
         metrics.IN_FLIGHT.set(self.pending)

@@ -3,7 +3,7 @@
 Triton would otherwise let any local process, or a web page through the browser, load and
 unload models, change logging and tracing, read statistics and infer past the service's
 admission limit. `whatart triton` restricts everything but health and metadata to callers
-that send this key (process.py); whatart's clients send it with every call (encoder.py).
+that send this key (process.py); whatart's clients send it with every call (KeyHeader).
 
 Triton takes the key on its command line, where other users of the host can read it (ps,
 /proc): deployments should run Triton as its own user or in its own container, as
@@ -16,7 +16,9 @@ import os
 import secrets
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tritonclient.grpc import InferenceServerClientPlugin
 from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.settings import Settings
 
@@ -26,6 +28,10 @@ GRPC_KEY_HEADER = f"triton-grpc-protocol-{KEY_HEADER}"
 """The gRPC metadata key that carries it: Triton 2.51 expects the flag's name with this prefix."""
 _ALLOWED = frozenset(string.ascii_letters + string.digits + string.punctuation) - set("=:,")
 """Printable ASCII but the separators of Triton's `<apis>:<header>=<key>` flag value, no spaces."""
+
+
+if TYPE_CHECKING:
+    from tritonclient._request import Request
 
 
 class TritonKeyError(WhatartError):
@@ -69,3 +75,14 @@ def _checked(key: str, source: str) -> str:
         raise TritonKeyError(f"the Triton API key from {source} is empty or has a space or one of = : , "
                              "(or a character that is not printable ASCII): set WHATART_TRITON_API_KEY to another")
     return key
+
+
+class KeyHeader(InferenceServerClientPlugin):
+    """Sends the key with every call of the tritonclient (gRPC, sync or asyncio) it is
+    registered on: Triton refuses its restricted APIs without it."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    def __call__(self, request: Request) -> None:
+        request.headers[GRPC_KEY_HEADER] = self.api_key

@@ -14,16 +14,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 from whatart.retrieval_service import metrics
 from whatart.retrieval_service.errors import DependencyUnavailable
 from whatart.retrieval_service.settings import Settings, replica_urls
-from whatart.retrieval_service.triton.access_key import GRPC_KEY_HEADER, triton_api_key
+from whatart.retrieval_service.triton.access_key import KeyHeader, triton_api_key
 from whatart.retrieval_service.triton.model_contract import (
     HEAD_TASKS,
     INPUT_NAME,
@@ -34,9 +32,6 @@ from whatart.retrieval_service.triton.model_contract import (
     head_output_name,
     heads_model_name,
 )
-
-if TYPE_CHECKING:
-    from tritonclient._request import Request
 
 
 class EncoderUnavailable(DependencyUnavailable):
@@ -88,17 +83,6 @@ CHANNEL_OPTIONS = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class KeyHeader(InferenceServerClientPlugin):
-    """Sends the key with every call of the client it is registered on: Triton refuses its
-    restricted APIs without it (access_key.py)."""
-
-    def __init__(self, api_key: str) -> None:
-        self.api_key = api_key
-
-    def __call__(self, request: Request) -> None:
-        request.headers[GRPC_KEY_HEADER] = self.api_key
 
 
 def triton_client(url: str, api_key: str, **options: object) -> grpcclient.InferenceServerClient:

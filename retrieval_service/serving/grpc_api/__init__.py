@@ -22,6 +22,7 @@ from whatart.retrieval_service.log_format import REQUEST_ID, safe_request_id
 from whatart.retrieval_service.serving.access import PROTECTED_GRPC_PREFIX, authorised, refusal
 from whatart.retrieval_service.serving.admission import Admission, Overloaded
 from whatart.retrieval_service.serving.grpc_api import whatart_pb2, whatart_pb2_grpc
+from whatart.retrieval_service.serving.grpc_api.shapes import to_message_shape
 from whatart.retrieval_service.serving.observed import identify_observed
 from whatart.retrieval_service.settings import Settings
 
@@ -32,7 +33,6 @@ RECEIVE_LIMIT_UPLOADS = 2
 """gRPC accepts messages up to this many times the upload limit (+ 1 MiB), so that an image
 somewhat over the limit is refused on its own (a stream goes on); a larger message ends the
 call with RESOURCE_EXHAUSTED, as gRPC does."""
-CORRESPONDENCE = ("photo_x", "photo_y", "gallery_x", "gallery_y")
 HEALTH_CHECK_S = 2.0
 GRPC_IDLE_CLOSE_MS = 5 * 60 * 1000
 """A client connection with no call for this long is closed (gRPC's own idle timeout)."""
@@ -101,15 +101,7 @@ class IdentifierService(whatart_pb2_grpc.IdentifierServicer):
         except DependencyUnavailable as error:
             log.warning("%s", error)
             raise RequestRefused(grpc.StatusCode.UNAVAILABLE, error.public_message) from None
-        answer = result.to_json(request.explain)
-        for painting in answer["paintings"]:  # corners and pairs are lists in JSON, messages here
-            painting["region"] = [{"x": x, "y": y} for x, y in painting["region"]]
-            if painting.get("explanation"):
-                explanation = painting["explanation"]
-                explanation["pairs"] = [dict(zip(CORRESPONDENCE, pair, strict=True)) for pair in explanation["pairs"]]
-                explanation["gallery_region"] = [{"x": x, "y": y} for x, y in explanation["gallery_region"]]
-            else:
-                painting.pop("explanation", None)
+        answer = to_message_shape(result.to_json(request.explain))
         return json_format.ParseDict({**answer, "request_id": request_id}, whatart_pb2.IdentifyResponse())
 
     async def Identify(self, request: whatart_pb2.IdentifyRequest, context: grpc.aio.ServicerContext) -> whatart_pb2.IdentifyResponse:
