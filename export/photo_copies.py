@@ -1,7 +1,7 @@
 """Photo-like training copies for the style and genre heads.
 
 Heads trained on bare gallery images lose about 11 points of style top-1 on photos of
-works they never saw (README: 70 % on the bare images, 59 % on `photo` queries): a photo
+works they never saw (docs/accuracy.md: 70 % on the bare images, 59 % on `photo` queries): a photo
 adds wall, frame, perspective, light and compression. Training also on photo-like copies
 of the training artworks (the evaluation's `photo` distortion, under a seed of its own),
 encoded through Triton under the views the service predicts from (the centre crops),

@@ -30,7 +30,7 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: the cores are shared with the retrieval
-        # service, and spinning cost 8% of end-to-end throughput here (README, Throughput).
+        # service, and spinning cost 8% of end-to-end throughput here (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         threads = int(parameters.get("intra_op_threads", "0"))
         if threads > 0:

@@ -71,7 +71,7 @@ class Settings:
     request_header_timeout_s: float = 10.0
     request_body_timeout_s: float = 60.0
     # Triton: host:port of its gRPC endpoint, or a comma-separated list of replicas, over
-    # which requests are spread (triton/encoder.py; README, "Scaling out").
+    # which requests are spread (triton/encoder.py; docs/deployment.md).
     triton_url: str = "127.0.0.1:8001"
     # Triton's control and inference APIs need this key (triton/access_key.py); when unset,
     # `whatart triton` and every whatart client of Triton share the one in triton_api_key_file,
@@ -121,8 +121,8 @@ class Settings:
     # "global" mode has no verification: the top match is "in the gallery" when its cosine
     # similarity reaches this (not calibrated: set it from `whatart evaluate` on your data).
     global_min_similarity: float = 0.9
-    # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs, README
-    # "Accuracy"). Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is
+    # Descriptors (each measured by `whatart evaluate`; defaults chosen from those runs:
+    # docs/accuracy.md). Gallery side, fixed at ingest: blur levels (px at 224 px) each artwork is
     # indexed under: with SSCD, blurred copies found nothing the sharp view did not.
     gallery_blurs: tuple[float, ...] = (0.0,)
     # Query side: rotations (degrees) and centre crops (linear fraction kept) of the photo.
@@ -132,7 +132,7 @@ class Settings:
     query_crops: tuple[float, ...] = (0.8, 0.6)
     # Geometric verification (ORB + MAGSAC++) of this many shortlisted artworks; 0 ranks by
     # global similarity alone (the top match is still verified for the confidence). 30 and 80
-    # measured the same top-1 and open-set figures as 50 and 200, at 0.6x the 10^6-work p99 (README).
+    # measured the same top-1 and open-set figures as 50 and 200, at 0.6x the 10^6-work p99 (docs/performance.md).
     rerank_candidates: int = 30
     # ...and, when none of those verifies, candidates down to this rank get a second chance.
     rerank_extended: int = 80
@@ -151,7 +151,7 @@ class Settings:
     # its lead over the runner-up that let the embedding stages answer without verifying, and
     # the confidence given with such an answer. The stricter of the two stages' thresholds
     # `--calibrate` fitted on the 15,210-work benchmark gallery (3,000 queries: seed, photo and
-    # open-set), where the embedding stage's looser ones were right 99.55 % of the time (README).
+    # open-set), where the embedding stage's looser ones were right 99.55 % of the time (docs/accuracy.md).
     default_early_similarity: float = 0.40
     default_early_margin: float = 0.14
     default_early_confidence: float = 0.995

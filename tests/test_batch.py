@@ -10,14 +10,25 @@ import time
 from pathlib import Path
 
 import httpx
+import pillow_heif
+from PIL import Image
 
 from tests.helpers import WHATART, ServiceEndpoints, json_lines, run_cli, stop, triton_and_service
 
 
+def _batch_name(path: Path, position: int) -> str:
+    """The batch folder's file for the gallery image: the eighth as a phone's HEIC."""
+    return f"{path.stem}.heic" if position == 7 else path.name
+
+
 def _batch_dir(directory: Path, met_images: list[Path]) -> Path:
     directory.mkdir()
-    for path in met_images[:8]:
-        shutil.copy(path, directory / path.name)
+    for position, path in enumerate(met_images[:8]):
+        if position == 7:
+            pillow_heif.register_heif_opener()
+            Image.open(path).save(directory / _batch_name(path, position), format="HEIF")
+        else:
+            shutil.copy(path, directory / path.name)
     (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (directory / "notes.txt").write_text("not an image: not listed")
     return directory
@@ -38,8 +49,8 @@ def test_a_batch_answers_every_image_once_and_resumes(service: ServiceEndpoints,
     by_file = {Path(line["file"]).name: line for line in lines}
     assert len(lines) == len(by_file) == 9
     assert "damaged or truncated" in by_file["broken.jpg"]["error"]
-    for path in met_images[:8]:
-        answer = by_file[path.name]
+    for position, path in enumerate(met_images[:8]):
+        answer = by_file[_batch_name(path, position)]
         assert answer["matches"][0]["id"] == f"met-{path.stem}" and len(answer["matches"]) == 3 and answer["in_gallery"]
 
     # a killed run: the last three answers never written, the one before torn mid-line

@@ -69,7 +69,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="add the source's works that the index lacks (nothing else re-encoded; a live service picks it up)")
     p.add_argument("--limit", type=int, help="at most this many works from the source (the first ones)")
     p.add_argument("--cache-dir", type=Path, help="where remote sources keep fetched images (default: beside the index)")
-    p.add_argument("--image-size", type=int, default=640, help="longest side requested from an image server (nga)")
+    p.add_argument("--image-size", type=int, default=640, help="longest side of each cached image (wikiart, nga)")
     p.add_argument("--fetch-concurrency", type=int, default=8, help="image downloads in flight (nga)")
     p.add_argument("--requests-per-second", type=float, default=10.0, help="polite rate limit for an image server (nga)")
     p.add_argument("--index-kind", choices=["auto", "exact", "ivf"], help="vector index (default auto: by size and memory budget)")

@@ -140,7 +140,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-seed", type=int, default=DEFAULT_SEED, help="seed of the open-set hold-out")
     p.add_argument("--min-examples", type=int, default=20, help="labels with fewer artworks are ignored")
     p.add_argument("--photo-copies", type=int, default=0, metavar="N",
-                   help="also train on N photo-like copies of each artwork, encoded by Triton (measured: README)")
+                   help="also train on N photo-like copies of each artwork, encoded by Triton (measured: docs/accuracy.md)")
     p.add_argument("--model", help="Triton model for --photo-copies (default: the only one Triton serves)")
     p.add_argument("--triton-url", help="Triton gRPC address (default 127.0.0.1:8001)")
     p.set_defaults(handler=_train_head)

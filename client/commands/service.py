@@ -36,7 +36,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=int, help="gRPC API port (default 50051)")
     p.add_argument("--triton-url")
     p.add_argument("--mode", dest="identify_mode", choices=IDENTIFY_MODES,
-                   help="verified (default): query views + geometric verification; global: one embedding, global search only")
+                   help="cascade (default, WHATART_IDENTIFY_MODE): each stage only when the one before is unsure; "
+                        "verified: every photo verified; global: one embedding, no verification (ablations)")
     p.set_defaults(handler=_serve)
     p = commands.add_parser("ui", help="the Gradio demo page")
     p.add_argument("--server", dest="server_url", help="whatart service URL (default http://127.0.0.1:8080)")

@@ -3,7 +3,7 @@
 A blurred photo of a near-monochrome painting (colour fields, minimalism) gives ORB nothing
 to match, and the CNN embedding ranks dozens of similar canvases close together. Their
 colours differ: the mean and spread of CIELAB over the picture, ignoring the black fill of
-a rotated photo, survive rotation and blur. Measured on the benchmark gallery (README):
+a rotated photo, survive rotation and blur. Measured on the benchmark gallery (docs/accuracy.md):
 among the global top 200 of the 27 `seed` queries with under 50 keypoints, ranking by
 colour and similarity together put 19 paintings first, similarity alone 11.
 """

@@ -1,6 +1,6 @@
 """Several views of one image, so that a global descriptor survives what photos do.
 
-Measured on the 15,210-work benchmark gallery (see README): a CNN's global embedding falls
+Measured on the 15,210-work benchmark gallery (see docs/accuracy.md): a CNN's global embedding falls
 apart under blur, rotation and a wall around the painting. Cheap fixes that compose:
 - gallery side, each artwork is indexed under several blur levels (the index stores one
   vector per view, all with the artwork's id);

@@ -272,7 +272,7 @@ class Identifier:
     def _predictions(self, task: str, view_probabilities: np.ndarray, n_views: int) -> list[Prediction]:
         """The head's probabilities averaged over the centre-crop views when they were
         encoded (else over what was). Heads learn from bare paintings: on photos, the views
-        that show the most wall and rotation fill measured worst (README)."""
+        that show the most wall and rotation fill measured worst (docs/accuracy.md)."""
         crops = len(self.settings.query_crops) if n_views > 1 else 0
         mean = (view_probabilities[-crops:] if crops else view_probabilities).mean(axis=0)
         labels = self.served.heads[task]

@@ -4,7 +4,7 @@ Local features (ORB keypoints) are matched with a ratio test and a robust (MAGSA
 number of inliers is a far sharper "same artwork" signal than global cosine similarity, so
 it re-ranks the shortlist and decides "not in the gallery". Gallery features are extracted
 once at ingest and stored with the index (index/publish.py). ORB was chosen over SIFT and
-AKAZE by measurement (README): the best re-ranked top-1 on both protocols, at 1-4 ms per
+AKAZE by measurement (docs/accuracy.md): the best re-ranked top-1 on both protocols, at 1-4 ms per
 image instead of 15-50 ms on this CPU.
 """
 
@@ -18,7 +18,7 @@ from whatart.retrieval_service.features.local_features import LocalFeatures
 
 RATIO = 0.8
 ROBUST_ESTIMATOR = cv2.USAC_MAGSAC
-"""Measured against cv2.RANSAC on 60 photo-protocol queries (README): the same 58 verified at
+"""Measured against cv2.RANSAC on 60 photo-protocol queries (docs/accuracy.md): the same 58 verified at
 20 inliers, no wrong pair above 8, and 1.8 ms instead of 4.3 ms on a wrong pair (the common
 case in a shortlist)."""
 RANSAC_REPROJECTION_PX = 6.0

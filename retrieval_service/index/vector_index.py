@@ -2,7 +2,7 @@
 
 Small galleries get exact search. Past a size, or when exact vectors would not fit the
 memory budget, the index is a two-stage IVF, chosen from `whatart bench index` runs
-(README, "Galleries at scale"):
+(docs/galleries.md, docs/performance.md):
 
 1. an uncentred PCA (the top eigenvectors of the vectors' second moment) down to the largest
    dimension the memory budget allows; FAISS's own PCA centres the data, which shifts every

@@ -3,7 +3,7 @@
 uvicorn closes idle keep-alive connections, but a client that sends a request's headers a
 byte at a time (slowloris) holds its connection, and a task, for ever. This protocol closes
 a connection whose request headers are not complete within `header_timeout_s` of the
-connection opening or of the previous response; the body's deadline is body_limits.py's.
+connection opening or of the previous response; the body's deadline is body_deadline.py's.
 """
 
 from __future__ import annotations
