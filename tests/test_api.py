@@ -99,6 +99,9 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(http: httpx.Client, files
 def test_oversized_uploads_are_refused(http: httpx.Client) -> None:
     response = http.post("/v1/identify", files={"image": ("big.jpg", b"\0" * (21 * 1024 * 1024))})
     assert response.status_code == 413 and "limit" in response.json()["detail"]
+    just_over = http.post("/v1/identify", files={"image": ("big.jpg", b"\0" * (20 * 1024 * 1024 + 1))})
+    assert just_over.status_code == 413 and just_over.json()["detail"] == "the image exceeds the limit of 20,971,520 bytes", \
+        "a body within the form's allowance is refused for its image, in those words"
     assert http.get("/health").status_code == 200, "the service stays up"
 
 

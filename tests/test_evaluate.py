@@ -24,6 +24,11 @@ def test_evaluate_reports_every_protocol_and_calibrates_the_index(triton: Triton
         assert 0.8 <= measured["top1"] <= measured["top5"] <= 1.0, measured
         assert measured["latency_p50_ms"] > 0
         assert len(measured["failures"]) == round(24 * (1 - measured["top1"]))
+        assert measured["phantom_rate"] <= 0.1, "a photo of one painting is answered as one"
+    walls = report["protocols"]["wall"]
+    assert (walls["photos"], walls["paintings"]) == (24, 12 * 2 + 12 * 3), "2 and 3 paintings a wall, alternately"
+    assert 0.5 <= walls["per_painting_top1"] <= 1.0 and 0.0 <= walls["all_found"] <= 1.0, walls
+    assert walls["extra_entries"] <= 2 and walls["latency_p95_ms"] >= walls["latency_p50_ms"] > 0, walls
     open_set = report["protocols"]["open-set"]
     chosen = open_set["chosen_threshold"]
     assert chosen["held_out_queries"] > 0 and chosen["in_gallery_queries"] == chosen["held_out_queries"]

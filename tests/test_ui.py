@@ -113,11 +113,11 @@ def _coloured(pixels: np.ndarray, number: int, tolerance: int = 60) -> np.ndarra
 def _keep_as_readme_screenshot(png: bytes) -> None:
     """Rewrite docs/ui.png (960 px wide, 256 colours: ~0.5 MB) when the page looks different from
     it, so the README shows today's page without a new file for every run's rendering noise."""
-    shown = Image.open(io.BytesIO(png)).convert("RGB")
-    shown = shown.resize((960, round(shown.height * 960 / shown.width)), Image.Resampling.LANCZOS).quantize(256)
+    page = Image.open(io.BytesIO(png)).convert("RGB")
+    shown = page.resize((960, round(page.height * 960 / page.width)), Image.Resampling.LANCZOS).quantize(256)
     if README_SCREENSHOT.exists():
-        kept = np.asarray(Image.open(README_SCREENSHOT).convert("RGB"), int)
-        if kept.shape == np.asarray(shown.convert("RGB")).shape and np.abs(kept - np.asarray(shown.convert("RGB"), int)).mean() < 2:
+        kept, now = (np.asarray(image.convert("RGB"), int) for image in (Image.open(README_SCREENSHOT), shown))
+        if kept.shape == now.shape and np.abs(kept - now).mean() < 2:
             return
     shown.save(README_SCREENSHOT, optimize=True)
 

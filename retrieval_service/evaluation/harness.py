@@ -73,22 +73,30 @@ def sample(artworks: Sequence[Artwork], n: int, seed: int) -> list[Artwork]:
     return [artworks[i] for i in sorted(picks)]
 
 
-async def run_queries(identifier: Identifier, queries: Sequence[Query], k: int, concurrency: int, label: str) -> list[Outcome]:
+async def identify_all(identifier: Identifier, images: Sequence[bytes], k: int, concurrency: int, label: str,
+                       unit: str = "query") -> list[tuple[Identification, float]]:
+    """Each image identified, `concurrency` at a time, with a progress bar: (answer, latency in
+    ms), in order."""
     slots = asyncio.Semaphore(concurrency)
-    progress = tqdm(total=len(queries), unit="query", desc=label)
+    progress = tqdm(total=len(images), unit=unit, desc=label)
 
-    async def one(query: Query) -> Outcome:
+    async def one(data: bytes) -> tuple[Identification, float]:
         async with slots:
             started = time.perf_counter()
-            answer = await identifier.identify(query.data, k)
+            answer = await identifier.identify(data, k)
             latency = (time.perf_counter() - started) * 1e3
         progress.update()
-        return Outcome(query, answer, latency)
+        return answer, latency
 
     try:
-        return await asyncio.gather(*(one(q) for q in queries))
+        return await asyncio.gather(*(one(data) for data in images))
     finally:
         progress.close()
+
+
+async def run_queries(identifier: Identifier, queries: Sequence[Query], k: int, concurrency: int, label: str) -> list[Outcome]:
+    answered = await identify_all(identifier, [query.data for query in queries], k, concurrency, label)
+    return [Outcome(query, answer, latency) for query, (answer, latency) in zip(queries, answered, strict=True)]
 
 
 @dataclass

@@ -5,16 +5,14 @@ beyond the first on photos of one painting)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-from whatart.retrieval_service.evaluation.harness import Outcome
+from whatart.retrieval_service.evaluation.harness import Outcome, identify_all
 from whatart.retrieval_service.evaluation.protocols import make_wall_query
+from whatart.retrieval_service.identify.answer import Identification
 from whatart.retrieval_service.identify.identifier import Identifier
 from whatart.retrieval_service.index.metadata import Artwork
 
@@ -54,31 +52,24 @@ def wall_queries(artworks: Sequence[Artwork], n: int, seed: int) -> list[WallQue
 
 
 async def run_walls(identifier: Identifier, queries: Sequence[WallQuery], concurrency: int) -> WallReport:
-    slots = asyncio.Semaphore(concurrency)
-    progress = tqdm(total=len(queries), unit="wall", desc="wall")
-
-    async def one(query: WallQuery) -> tuple[int, int, int, float]:
-        async with slots:
-            started = time.perf_counter()
-            answer = await identifier.identify(query.data, 5)
-            latency = (time.perf_counter() - started) * 1e3
-        progress.update()
-        truth = {artwork.id for artwork in query.artworks}
-        tops = [p.matches[0].artwork.id for p in answer.paintings if p.matches and p.in_gallery]
-        return len(truth & set(tops)), len(truth), sum(top not in truth for top in tops), latency
-
-    try:
-        results = await asyncio.gather(*(one(q) for q in queries))
-    finally:
-        progress.close()
-    latencies = [latency for *_, latency in results]
+    answered = await identify_all(identifier, [query.data for query in queries], 5, concurrency, "wall", unit="wall")
+    results = [_scored(query, answer) for query, (answer, _) in zip(queries, answered, strict=True)]
+    latencies = [latency for _, latency in answered]
     return WallReport(
-        photos=len(results), paintings=sum(total for _, total, _, _ in results),
-        all_found=float(np.mean([found == total for found, total, _, _ in results])),
-        per_painting_top1=sum(found for found, *_ in results) / max(1, sum(total for _, total, _, _ in results)),
-        extra_entries=sum(extra for *_, extra, _ in results),
+        photos=len(results), paintings=sum(total for _, total, _ in results),
+        all_found=float(np.mean([found == total for found, total, _ in results])),
+        per_painting_top1=sum(found for found, _, _ in results) / max(1, sum(total for _, total, _ in results)),
+        extra_entries=sum(extra for _, _, extra in results),
         latency_p50_ms=float(np.percentile(latencies, 50)), latency_p95_ms=float(np.percentile(latencies, 95)),
     )
+
+
+def _scored(query: WallQuery, answer: Identification) -> tuple[int, int, int]:
+    """(the wall's paintings found as an in-gallery entry's top match, paintings on the wall,
+    entries naming a painting not on it)"""
+    truth = {artwork.id for artwork in query.artworks}
+    tops = [p.matches[0].artwork.id for p in answer.paintings if p.matches and p.in_gallery]
+    return len(truth & set(tops)), len(truth), sum(top not in truth for top in tops)
 
 
 def phantom_rate(outcomes: Sequence[Outcome]) -> float:

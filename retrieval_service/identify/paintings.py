@@ -15,7 +15,7 @@ does not gain phantoms.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -65,9 +65,14 @@ IdentifyImage = Callable[[Image.Image], Awaitable[Located]]
 Quad = tuple[Point, Point, Point, Point]
 
 
-def whole_photo(size: tuple[int, int]) -> Quad:
-    width, height = float(size[0]), float(size[1])
-    return (0.0, 0.0), (width, 0.0), (width, height), (0.0, height)
+def corners(box: Box) -> Quad:
+    """A box's corners, clockwise from top left (a region)."""
+    left, top, right, bottom = box
+    return (left, top), (right, top), (right, bottom), (left, bottom)
+
+
+def whole_photo(size: tuple[float, float]) -> Quad:
+    return corners((0.0, 0.0, float(size[0]), float(size[1])))
 
 
 def feature_scale(size: tuple[int, int], max_side: int) -> float:
@@ -104,11 +109,11 @@ class PaintingFinder:
         if match.photo_to_gallery is None or not self.calibration.in_gallery(match.inliers):
             return None
         (width, height), gallery_scale = gallery_frame(top.artwork.image_path, stored, self.max_side)
-        corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
-        in_features = cv2.perspectiveTransform(corners, np.linalg.inv(match.photo_to_gallery)).reshape(-1, 2)
+        outline = np.float32(whole_photo((width, height))).reshape(-1, 1, 2)  # the gallery image's, in its feature frame
+        in_features = cv2.perspectiveTransform(outline, np.linalg.inv(match.photo_to_gallery)).reshape(-1, 2)
         scale = feature_scale(found.size, self.max_side) / zoom
         quad = tuple((float(x * scale + offset[0]), float(y * scale + offset[1])) for x, y in in_features)
-        frame = np.float32([[0, 0], [found.size[0], 0], found.size, [0, found.size[1]]]) / feature_scale(found.size, self.max_side)
+        frame = np.float32(whole_photo(found.size)) / feature_scale(found.size, self.max_side)
         seen = cv2.perspectiveTransform(frame.reshape(-1, 1, 2), match.photo_to_gallery).reshape(-1, 2) * gallery_scale
         pairs = [(float(x * scale + offset[0]), float(y * scale + offset[1]), float(gx * gallery_scale), float(gy * gallery_scale))
                  for x, y, gx, gy in match.pairs]
@@ -155,7 +160,7 @@ class PaintingFinder:
         if located is not None:
             region, explanation = located
         elif found.stage != VERIFIED and found.in_gallery:  # certain by its embedding (calibrated) though too small to verify
-            region, explanation = ((box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])), None
+            region, explanation = corners(box), None
         else:
             return
         paintings.append(Painting(region, found.candidates, True, found.confidence, found.stage, explanation))
@@ -245,5 +250,5 @@ def _keypoints_in(points: np.ndarray, box: Box) -> int:
 
 def in_upload_pixels(paintings: list[Painting], scale: float) -> list[Painting]:
     """Regions in the uploaded photo's pixels (the photo may have been decoded smaller)."""
-    return [Painting(tuple((x * scale, y * scale) for x, y in p.region), p.matches, p.in_gallery, p.confidence,  # type: ignore[arg-type]
-                     p.decided_by, p.explanation.scaled(scale) if p.explanation else None) for p in paintings]
+    return [replace(p, region=tuple((x * scale, y * scale) for x, y in p.region),  # type: ignore[arg-type]
+                    explanation=p.explanation.scaled(scale) if p.explanation else None) for p in paintings]

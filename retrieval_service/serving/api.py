@@ -60,6 +60,11 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
     app = FastAPI(title="whatart", version="0.1.0", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
 
+    def _too_large(body: str) -> JSONResponse:
+        """One answer for a body declared (Content-Length) or found (while streaming) too large."""
+        return _error(413, f"{body} exceeds the limit of {settings.max_upload_bytes:,} bytes for the image "
+                           f"(+ {MULTIPART_OVERHEAD_BYTES // 1024} KiB for the form)", {"Connection": "close"})
+
     @app.middleware("http")
     async def request_id_and_limits(request: Request, call_next):
         request_id = safe_request_id(request.headers.get("x-request-id"))
@@ -69,8 +74,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         if protected_rest_path(request.url.path) and not authorised(authorisation, settings.api_token):
             response = _error(401, refusal(authorisation), {"WWW-Authenticate": "Bearer"})
         elif length and length.isascii() and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
-            response = _error(413, f"the upload is {int(length):,} bytes; the limit is {settings.max_upload_bytes:,}",
-                              {"Connection": "close"})
+            response = _too_large(f"the request body ({int(length):,} bytes)")
         else:
             response = await call_next(request)
         response.headers["x-request-id"] = request_id
@@ -78,8 +82,7 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
 
     @app.exception_handler(413)
     async def too_large(request: Request, error: Exception) -> JSONResponse:
-        return _error(413, f"the request body exceeds the limit of {settings.max_upload_bytes:,} bytes for the image "
-                           f"(+ {MULTIPART_OVERHEAD_BYTES // 1024} KiB for the form)", {"Connection": "close"})
+        return _too_large("the request body")
 
     @app.exception_handler(ImageError)
     async def image_error(request: Request, error: ImageError) -> JSONResponse:
@@ -135,8 +138,8 @@ def create_app(settings: Settings, gallery: Gallery, served: ServedModel) -> Fas
         if image is None:
             raise HTTPException(400, "send the image as the multipart form field 'image'")
         data = await image.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"the upload exceeds the limit of {settings.max_upload_bytes:,} bytes")
+        if len(data) > settings.max_upload_bytes:  # answered here: the 413 handler above speaks of the whole body
+            return _error(413, f"the image exceeds the limit of {settings.max_upload_bytes:,} bytes")
         with admission.admitted():
             result = await identify_observed(identifier, data, k, "rest", where, explain)
         return JSONResponse(result.to_json(explain))
